@@ -1,0 +1,272 @@
+//! The broker: registry, router, retainer and counters, and the session life cycle that ties them together
+//! (attach with takeover, detach with will and expiry, the end of a session).
+
+use crate::config::{Config, MqttConfig, SharedStrategy};
+use crate::message::{Delivery, Message};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::retainer::Retainer;
+use crate::router::{Router, SubEntry};
+use crate::session::{Control, SessionHandle, SessionState, Stage};
+use bytes::Bytes;
+use halyard_codec::{Properties, QoS, SubscriptionOptions, Utf8};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a new connection waits for the old owner of its session to hand it over.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Broker {
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub router: Router,
+    pub retainer: Retainer,
+    pub metrics: Metrics,
+}
+
+/// A will message waiting for its connection to end [MQTT-3.1.2-8].
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: Utf8,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: Option<Box<Properties>>,
+    /// Message Expiry Interval of the will, counted from when it is published.
+    pub message_expiry: Option<u32>,
+    /// Will Delay Interval in seconds.
+    pub delay: u32,
+}
+
+/// A session handed to a connection.
+#[derive(Debug)]
+pub struct Attached {
+    pub handle: Arc<SessionHandle>,
+    pub state: SessionState,
+    /// CONNACK's Session Present.
+    pub present: bool,
+}
+
+/// Why a connection gives its session back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetachReason {
+    /// The network connection ended (DISCONNECT, error, keepalive, shutdown).
+    Closed,
+    /// Another connection took the session over; `resume` is false when it asked for a clean start.
+    TakenOver { resume: bool },
+}
+
+impl Broker {
+    pub fn new(config: Config) -> Arc<Broker> {
+        Arc::new(Broker {
+            config: Arc::new(config),
+            registry: Registry::default(),
+            router: Router::default(),
+            retainer: Retainer::default(),
+            metrics: Metrics::default(),
+        })
+    }
+
+    fn strategy(&self) -> SharedStrategy {
+        self.config.mqtt.shared_subscription_strategy
+    }
+
+    /// Stores a retained message (when retain is available) and routes `msg` to its subscribers.
+    pub fn publish(&self, msg: Arc<Message>) -> usize {
+        if msg.retain && self.config.mqtt.retain_available {
+            self.retainer.store(&msg);
+        }
+        self.router.route(&msg, self.strategy(), &self.metrics)
+    }
+
+    /// Gives the session for `client_id` to a new connection whose control channel is `control`. An existing
+    /// owner is taken over first: it parks its state and every message that arrived meanwhile stays in the
+    /// session's queue, so nothing falls between the two connections.
+    pub async fn attach(
+        self: &Arc<Self>,
+        client_id: &str,
+        clean_start: bool,
+        expiry_interval: u32,
+        zone: &MqttConfig,
+        control: mpsc::Sender<Control>,
+    ) -> Attached {
+        loop {
+            let (handle, created) = self.registry.get_or_insert_with(client_id, |id, cid| {
+                SessionHandle::new(id, cid, zone.max_mqueue_len, zone.mqueue_store_qos0)
+            });
+            let _serial = handle.connect_lock.lock().await;
+            if handle.is_removed() {
+                continue;
+            }
+            if !created {
+                if let Some(owner) = handle.take_owner() {
+                    let (done, answered) = oneshot::channel();
+                    if owner.send(Control::Takeover { resume: !clean_start, done }).await.is_ok()
+                        && tokio::time::timeout(TAKEOVER_TIMEOUT, answered).await.is_err()
+                    {
+                        tracing::warn!(client_id, "previous connection did not hand its session over in time");
+                    }
+                    Metrics::inc(&self.metrics.sessions_taken_over);
+                }
+                if handle.is_removed() {
+                    // The old owner ended the session (expiry 0 or clean start): start a new one.
+                    continue;
+                }
+                if clean_start {
+                    let state = handle.take_parked().unwrap_or_default();
+                    self.end_session(&handle, state);
+                    continue;
+                }
+            }
+            let state = if created { SessionState::default() } else { handle.take_parked().unwrap_or_default() };
+            handle.set_expiry_interval(expiry_interval);
+            handle.set_queue_limits(zone.max_mqueue_len, zone.mqueue_store_qos0);
+            handle.attach(control);
+            return Attached { handle: handle.clone(), state, present: !created };
+        }
+    }
+
+    /// Adds a subscription to the router; true if the session already had it (for Retain Handling 1).
+    pub fn subscribe(
+        &self,
+        handle: &Arc<SessionHandle>,
+        filter: &str,
+        group: Option<&str>,
+        options: SubscriptionOptions,
+        sub_id: Option<u32>,
+    ) -> bool {
+        self.router.subscribe(filter, group, SubEntry { session: handle.clone(), options, sub_id })
+    }
+
+    pub fn unsubscribe(&self, handle: &SessionHandle, filter: &str, group: Option<&str>) -> bool {
+        self.router.unsubscribe(filter, group, handle.id)
+    }
+
+    /// The owning connection gives its session back. `will` is the will to publish (the connection decides
+    /// whether its ending calls for one); when it is published depends on the will delay and on whether the
+    /// session goes on.
+    pub fn detach(
+        self: &Arc<Self>,
+        handle: &Arc<SessionHandle>,
+        mut state: SessionState,
+        will: Option<Will>,
+        reason: DetachReason,
+    ) {
+        let expiry = handle.expiry_interval();
+        let continues = match reason {
+            DetachReason::Closed => expiry > 0,
+            DetachReason::TakenOver { resume } => resume && expiry > 0,
+        };
+        if !continues {
+            // The session ends now, so the will goes now, whatever its delay [MQTT-3.1.3-9].
+            if let Some(w) = will {
+                self.publish_will(handle, w);
+            }
+            self.end_session(handle, state);
+            return;
+        }
+        if let DetachReason::TakenOver { .. } = reason {
+            // A new connection resumed the session: a delayed will is cancelled, an immediate one goes out.
+            if let Some(w) = will.filter(|w| w.delay == 0) {
+                self.publish_will(handle, w);
+            }
+            handle.detach(Some(state));
+            return;
+        }
+        // Offline: shared-subscription messages this member has not finished go to another member.
+        let mut kept = std::collections::VecDeque::with_capacity(state.inflight.len());
+        for e in state.inflight.drain(..) {
+            if e.delivery.shared.is_some() && e.stage != Stage::AwaitPubComp {
+                if let Err(e) = self.redispatch_or_keep(handle, e.delivery.clone()).map(|_| ()).map_err(|_| e) {
+                    kept.push_back(e);
+                }
+            } else {
+                kept.push_back(e);
+            }
+        }
+        state.inflight = kept;
+        for d in handle.take_shared_queued() {
+            if let Err(d) = self.redispatch_or_keep(handle, d) {
+                handle.push(d, &self.metrics);
+            }
+        }
+        let generation = handle.detach(Some(state));
+        if let Some(w) = will {
+            let delay = w.delay.min(expiry);
+            if delay == 0 {
+                self.publish_will(handle, w);
+            } else {
+                let (broker, h) = (self.clone(), handle.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                    if h.generation() == generation && !h.is_removed() {
+                        broker.publish_will(&h, w);
+                    }
+                });
+            }
+        }
+        let (broker, h) = (self.clone(), handle.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+            let _serial = h.connect_lock.lock().await;
+            if h.generation() == generation && !h.is_removed() {
+                Metrics::inc(&broker.metrics.sessions_expired);
+                tracing::debug!(client_id = %h.client_id, "session expired");
+                let state = h.take_parked().unwrap_or_default();
+                broker.end_session(&h, state);
+            }
+        });
+    }
+
+    fn redispatch_or_keep(&self, handle: &SessionHandle, d: Delivery) -> Result<(), Delivery> {
+        if self.router.redispatch(d.clone(), handle.id, self.strategy(), &self.metrics) {
+            Ok(())
+        } else {
+            Err(d)
+        }
+    }
+
+    /// The session is over: it leaves the registry and the router; unfinished shared messages go to other
+    /// members, everything else it held is dropped and counted.
+    fn end_session(&self, handle: &Arc<SessionHandle>, state: SessionState) {
+        handle.mark_removed();
+        self.registry.remove(handle);
+        let mut filters: Vec<String> = state.subscriptions.keys().cloned().collect();
+        filters.extend(handle.parked_subscriptions());
+        for f in &filters {
+            if let Ok(sub) = halyard_topic::parse_subscription(f, 0) {
+                match sub {
+                    halyard_topic::Subscription::Plain(t) => self.router.unsubscribe(t, None, handle.id),
+                    halyard_topic::Subscription::Shared { group, filter } => {
+                        self.router.unsubscribe(filter, Some(group), handle.id)
+                    }
+                };
+            }
+        }
+        let inflight = state.inflight.into_iter().filter(|e| e.stage != Stage::AwaitPubComp).map(|e| e.delivery);
+        for d in inflight.chain(handle.clear_queue()) {
+            if d.shared.is_some() && self.redispatch_or_keep(handle, d).is_ok() {
+                continue;
+            }
+            Metrics::inc(&self.metrics.dropped_session_ended);
+        }
+    }
+
+    fn publish_will(&self, handle: &SessionHandle, w: Will) {
+        Metrics::inc(&self.metrics.wills_published);
+        tracing::debug!(client_id = %handle.client_id, topic = %w.topic, "publishing will message");
+        let now = Instant::now();
+        let msg = Message {
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+            properties: w.properties,
+            publisher: Some(handle.client_id.clone()),
+            expires_at: w.message_expiry.map(|s| now + Duration::from_secs(u64::from(s))),
+        };
+        self.publish(Arc::new(msg));
+    }
+}

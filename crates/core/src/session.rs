@@ -1,0 +1,246 @@
+//! A session: the part that lives in the registry ([`SessionHandle`], shared) and the part owned by exactly one
+//! connection task at a time ([`SessionState`], moved in at connect and parked back at disconnect).
+//!
+//! The mqueue is the handle's queue: the router pushes into it whether or not a connection is attached, and the
+//! owning connection drains it as its inflight window allows. Because messages never go to the connection
+//! directly, a takeover cannot lose one: the queue simply outlives the old owner.
+
+use crate::message::Delivery;
+use crate::metrics::Metrics;
+use halyard_codec::{QoS, SubscriptionOptions};
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+pub type SessionId = u64;
+
+/// What another task may ask of the connection task that owns a session.
+#[derive(Debug)]
+pub enum Control {
+    /// A new connection with the same client id arrived. The owner stops reading, parks its state in the handle
+    /// (unless the session ends: `resume == false`), sends DISCONNECT 0x8E, closes, then answers on `done`.
+    Takeover { resume: bool, done: oneshot::Sender<()> },
+}
+
+/// The registry's view of a session: shared by the router (which pushes deliveries), the registry, and the
+/// connection that owns it.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub id: SessionId,
+    pub client_id: Arc<str>,
+    queue: Mutex<VecDeque<Delivery>>,
+    max_queue_len: AtomicUsize,
+    store_qos0: AtomicBool,
+    notify: Notify,
+    online: AtomicBool,
+    removed: AtomicBool,
+    /// Bumped at every change of owner, so a timer set for one offline period cannot act in the next.
+    generation: AtomicU64,
+    /// Session Expiry Interval in seconds (0: ends with the connection).
+    expiry_interval: AtomicU32,
+    parked: Mutex<Option<SessionState>>,
+    owner: Mutex<Option<mpsc::Sender<Control>>>,
+    /// Serialises connects of the same client id, so a takeover is one step even when clients race.
+    pub connect_lock: tokio::sync::Mutex<()>,
+}
+
+impl SessionHandle {
+    pub fn new(id: SessionId, client_id: Arc<str>, max_queue_len: usize, store_qos0: bool) -> SessionHandle {
+        SessionHandle {
+            id,
+            client_id,
+            queue: Mutex::new(VecDeque::new()),
+            max_queue_len: AtomicUsize::new(max_queue_len),
+            store_qos0: AtomicBool::new(store_qos0),
+            notify: Notify::new(),
+            online: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            expiry_interval: AtomicU32::new(0),
+            parked: Mutex::new(None),
+            owner: Mutex::new(None),
+            connect_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Queues a delivery; drop-oldest when the mqueue is full. Every drop is counted and logged at debug.
+    pub fn push(&self, d: Delivery, metrics: &Metrics) {
+        if d.qos == QoS::AtMostOnce && !self.is_online() && !self.store_qos0.load(Ordering::Relaxed) {
+            Metrics::inc(&metrics.dropped_qos0_offline);
+            tracing::debug!(client_id = %self.client_id, topic = %d.msg.topic, "QoS 0 message not queued for offline session");
+            return;
+        }
+        let max = self.max_queue_len.load(Ordering::Relaxed);
+        {
+            let mut q = self.queue.lock();
+            if q.len() >= max {
+                if let Some(old) = q.pop_front() {
+                    Metrics::inc(&metrics.dropped_queue_full);
+                    tracing::debug!(client_id = %self.client_id, topic = %old.msg.topic, max, "mqueue full: oldest message dropped");
+                }
+            }
+            q.push_back(d);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Pops deliveries in order into `out`: QoS 0 ones freely, QoS 1/2 ones only while `qos12_room` lasts, and at
+    /// most `max` in all. Stops at the first QoS 1/2 delivery that does not fit, so order is kept.
+    pub fn take(&self, mut qos12_room: usize, max: usize, out: &mut Vec<Delivery>) {
+        let mut q = self.queue.lock();
+        while out.len() < max {
+            match q.front() {
+                Some(d) if d.qos != QoS::AtMostOnce && qos12_room == 0 => break,
+                Some(_) => {}
+                None => break,
+            }
+            if let Some(d) = q.pop_front() {
+                if d.qos != QoS::AtMostOnce {
+                    qos12_room -= 1;
+                }
+                out.push(d);
+            }
+        }
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.lock().len()
+    }
+
+    /// Removes and returns the queued deliveries that came through a shared subscription.
+    pub fn take_shared_queued(&self) -> Vec<Delivery> {
+        let mut q = self.queue.lock();
+        if !q.iter().any(|d| d.shared.is_some()) {
+            return Vec::new();
+        }
+        let (shared, own): (VecDeque<Delivery>, VecDeque<Delivery>) = q.drain(..).partition(|d| d.shared.is_some());
+        *q = own;
+        shared.into()
+    }
+
+    /// Empties the queue (the session ended); returns what was in it.
+    pub fn clear_queue(&self) -> Vec<Delivery> {
+        self.queue.lock().drain(..).collect()
+    }
+
+    /// Resolves when something was pushed since the last call (a permit is stored, so no wake-up is lost).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn expiry_interval(&self) -> u32 {
+        self.expiry_interval.load(Ordering::Relaxed)
+    }
+
+    pub fn set_expiry_interval(&self, secs: u32) {
+        self.expiry_interval.store(secs, Ordering::Relaxed);
+    }
+
+    /// Applies the connecting listener's zone limits.
+    pub fn set_queue_limits(&self, max_len: usize, store_qos0: bool) {
+        self.max_queue_len.store(max_len, Ordering::Relaxed);
+        self.store_qos0.store(store_qos0, Ordering::Relaxed);
+    }
+
+    /// Makes `control` the owner: the session is online from now on.
+    pub(crate) fn attach(&self, control: mpsc::Sender<Control>) {
+        *self.owner.lock() = Some(control);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.online.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn take_owner(&self) -> Option<mpsc::Sender<Control>> {
+        self.owner.lock().take()
+    }
+
+    /// The owning connection gives the session back (disconnect or takeover). Returns the generation it left at.
+    pub(crate) fn detach(&self, state: Option<SessionState>) -> u64 {
+        *self.parked.lock() = state;
+        *self.owner.lock() = None;
+        self.online.store(false, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub(crate) fn take_parked(&self) -> Option<SessionState> {
+        self.parked.lock().take()
+    }
+
+    pub(crate) fn parked_subscriptions(&self) -> Vec<String> {
+        self.parked.lock().as_ref().map(|s| s.subscriptions.keys().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// One subscription as the session remembers it (the router holds its own copy for matching).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub options: SubscriptionOptions,
+    pub sub_id: Option<u32>,
+}
+
+/// Where an outbound QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
+}
+
+#[derive(Debug, Clone)]
+pub struct InflightEntry {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub stage: Stage,
+    pub sent_at: Instant,
+}
+
+/// The session state a connection owns while it is attached.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// Keyed by the filter exactly as subscribed (including any `$share/<group>/` prefix).
+    pub subscriptions: HashMap<String, SubscriptionRecord>,
+    /// Outbound QoS 1/2 messages in send order.
+    pub inflight: VecDeque<InflightEntry>,
+    /// Inbound QoS 2 packet ids whose PUBREL has not arrived, with when they arrived.
+    pub awaiting_rel: HashMap<u16, Instant>,
+    pub last_packet_id: u16,
+}
+
+impl SessionState {
+    /// The next free packet id, or `None` when all 65535 are in flight.
+    pub fn next_packet_id(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.last_packet_id = self.last_packet_id.checked_add(1).unwrap_or(1);
+            let id = self.last_packet_id;
+            if !self.inflight.iter().any(|e| e.packet_id == id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    pub fn inflight_position(&self, packet_id: u16) -> Option<usize> {
+        self.inflight.iter().position(|e| e.packet_id == packet_id)
+    }
+}

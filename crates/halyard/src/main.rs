@@ -1,0 +1,97 @@
+//! `halyard`: the broker's command line. Thin glue: parse arguments, load configuration, start the listeners,
+//! wait for a signal, shut down.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use halyard_core::config::{self, Source};
+use halyard_core::Broker;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "halyard", version, about = "Halyard MQTT broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the broker (embedded defaults: TCP on 0.0.0.0:1883). HALYARD_<SECTION>__<KEY> variables override
+    /// the file, e.g. HALYARD_LISTENERS__TCP__DEFAULT__BIND=127.0.0.1:1884.
+    Start {
+        /// A TOML configuration file (see halyard.toml in the repository for every key).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Load and check the configuration, print the effective listeners and zones, and exit.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("halyard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Start { config } => {
+            let cfg = config::load(&Source::from_process(config)).context("cannot start")?;
+            init_logging(&cfg.log.level);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("halyard")
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(start(cfg))
+        }
+        Command::CheckConfig { config } => {
+            let cfg = config::load(&Source::from_process(config))?;
+            for (name, l) in &cfg.listeners.tcp {
+                println!("listener tcp.{name}: bind {} zone {} enable {}", l.bind, l.zone, l.enable);
+            }
+            for (name, z) in &cfg.zones {
+                println!("zone {name}: {z:?}");
+            }
+            println!("configuration OK");
+            Ok(())
+        }
+    }
+}
+
+async fn start(cfg: config::Config) -> anyhow::Result<()> {
+    let broker = Broker::new(cfg);
+    let server = halyard_server::start(broker.clone()).await.context("cannot start listeners")?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "halyard started");
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,231 @@
+//! The binary as a user runs it: start-up with the embedded defaults plus environment overrides, the example
+//! config, clear errors for bad configuration, interop with `mosquitto_pub`/`mosquitto_sub`, clean shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_halyard");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A broker process, killed on drop.
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    /// Starts `halyard start` on a free loopback port and waits for its "halyard started" log line.
+    fn start(extra_env: &[(&str, &str)]) -> Broker {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("halyard-cli-{port}"));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("start")
+            .env("HALYARD_LISTENERS__TCP__DEFAULT__BIND", format!("127.0.0.1:{port}"))
+            .env("HALYARD_NODE__DATA_DIR", &dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn halyard");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("halyard started") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10)).expect("broker logs 'halyard started'");
+        Broker { child, port }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mosquitto_available() -> bool {
+    let ok = Command::new("mosquitto_pub").arg("--help").output().is_ok();
+    assert!(ok, "mosquitto_pub/mosquitto_sub missing: run scripts/test, which installs mosquitto-clients");
+    ok
+}
+
+/// Runs mosquitto_sub with -d and waits until it has its SUBACK, so a publish after this cannot race it.
+fn subscribed(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new("mosquitto_sub")
+        .args(args)
+        .arg("-d")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mosquitto_sub");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(5)).expect("mosquitto_sub output");
+        if line.contains("SUBACK") {
+            return (child, rx);
+        }
+    }
+}
+
+/// Lines that are messages, not mosquitto_sub's -d chatter.
+fn next_message(rx: &mpsc::Receiver<String>) -> String {
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(5)).expect("a message within 5 s");
+        if !line.starts_with("Client ") {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn newcomer_starts_broker_and_mosquitto_clients_exchange_a_message() {
+    if !mosquitto_available() {
+        return;
+    }
+    let b = Broker::start(&[]);
+    let port = b.port.to_string();
+    for (v, qos) in [("mqttv311", "1"), ("mqttv5", "2"), ("mqttv31", "0")] {
+        let topic = format!("hello/{v}");
+        let (mut sub, rx) = subscribed(&["-h", "127.0.0.1", "-p", &port, "-V", v, "-q", qos, "-t", &topic]);
+        let st = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", v, "-q", qos, "-t", &topic, "-m", "hi from mosquitto_pub"])
+            .status()
+            .expect("run mosquitto_pub");
+        assert!(st.success(), "mosquitto_pub {v} exits 0");
+        assert_eq!(next_message(&rx), "hi from mosquitto_pub", "{v}");
+        let _ = sub.kill();
+        let _ = sub.wait();
+    }
+}
+
+#[test]
+fn mosquitto_retained_and_persistent_session() {
+    if !mosquitto_available() {
+        return;
+    }
+    let b = Broker::start(&[]);
+    let port = b.port.to_string();
+    let pubq = |args: &[&str]| {
+        let st = Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-p", &port]).args(args).status();
+        assert!(st.expect("mosquitto_pub").success());
+    };
+    // [MQTT-3.3.1-6] retained message delivered to a later subscriber, flagged retained.
+    pubq(&["-t", "ret/m", "-m", "kept", "-r", "-q", "1"]);
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-t", "ret/#", "-C", "1", "-W", "5", "-F", "%r %p"])
+        .output()
+        .expect("mosquitto_sub");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 kept");
+    // [MQTT-3.1.2-4] a persistent session (-c, clean session 0) gets what was published while it was away.
+    let (mut s, _rx) =
+        subscribed(&["-h", "127.0.0.1", "-p", &port, "-c", "-i", "mosq-persist", "-q", "1", "-t", "away"]);
+    let _ = s.kill();
+    let _ = s.wait();
+    pubq(&["-t", "away", "-m", "while-away", "-q", "1"]);
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-c",
+            "-i",
+            "mosq-persist",
+            "-q",
+            "1",
+            "-t",
+            "away",
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ])
+        .output()
+        .expect("mosquitto_sub");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "while-away");
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let mut b = Broker::start(&[]);
+    let pid = b.child.id().to_string();
+    let st = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(st.success());
+    let (tx, rx) = mpsc::channel();
+    let mut child = std::mem::replace(&mut b.child, Command::new("true").spawn().expect("placeholder"));
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = rx.recv_timeout(Duration::from_secs(10)).expect("exits within 10 s").expect("wait");
+    assert!(status.success(), "exit status 0 after SIGTERM, got {status}");
+}
+
+#[test]
+fn bad_config_value_stops_startup_naming_key_value_and_allowed() {
+    let out = Command::new(BIN)
+        .arg("start")
+        .env("HALYARD_MQTT__MAX_KEEPALIVE", "sixty")
+        .env("HALYARD_LISTENERS__TCP__DEFAULT__BIND", "127.0.0.1:0")
+        .output()
+        .expect("run halyard");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mqtt.max_keepalive"), "{err}");
+    assert!(err.contains("sixty"), "{err}");
+    assert!(err.contains("HALYARD_MQTT__MAX_KEEPALIVE"), "{err}");
+    let out = Command::new(BIN)
+        .args(["start"])
+        .env("HALYARD_LISTENERS__TCP__DEFAULT__BIND", "not-an-address")
+        .output()
+        .expect("run halyard");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listeners.tcp.default.bind") && err.contains("not-an-address"), "{err}");
+}
+
+#[test]
+fn bind_failure_names_the_listener() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = Command::new(BIN)
+        .arg("start")
+        .env("HALYARD_LISTENERS__TCP__DEFAULT__BIND", &addr)
+        .output()
+        .expect("run halyard");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listeners.tcp.default") && err.contains(&addr), "{err}");
+}
+
+#[test]
+fn example_config_in_repo_is_valid_and_matches_embedded_defaults() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../halyard.toml");
+    let with_file = Command::new(BIN).args(["check-config", "--config"]).arg(&example).output().expect("run");
+    assert!(with_file.status.success(), "{}", String::from_utf8_lossy(&with_file.stderr));
+    let embedded = Command::new(BIN).arg("check-config").output().expect("run");
+    assert_eq!(
+        String::from_utf8_lossy(&with_file.stdout),
+        String::from_utf8_lossy(&embedded.stdout),
+        "halyard.toml documents exactly the embedded defaults"
+    );
+}

@@ -1,0 +1,180 @@
+//! CONNECT → CONNACK: client id rules, session expiry, keepalive, will, the client's v5 limits, and what the
+//! broker advertises back.
+
+use super::{ClientLimits, Close, Conn, Phase, Step};
+use halyard_codec::reason::{connack_v5_to_v3, rc};
+use halyard_codec::{ConnAck, Connect, Packet, Properties, ProtocolVersion, Utf8};
+use halyard_core::broker::{Attached, DetachReason, Will};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the driver needs to attach the session.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    pub client_id: Arc<str>,
+    pub clean_start: bool,
+    pub expiry_interval: u32,
+    /// True when the broker chose the client id (v5 Assigned Client Identifier).
+    assigned: bool,
+    requested_expiry: u32,
+    client_keep_alive: u16,
+}
+
+static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
+
+impl Conn {
+    pub(super) fn on_connect(&mut self, c: Connect, now: Instant) -> Step {
+        self.version = c.protocol;
+        let v5 = c.protocol.is_v5();
+        let zone = self.zone.clone();
+
+        // Client identifier [MQTT-3.1.3-5..9].
+        let mut assigned = false;
+        let client_id: Arc<str> = if c.client_id.is_empty() {
+            let allowed = match c.protocol {
+                ProtocolVersion::V5 => true,
+                // [MQTT-3.1.3-7], [MQTT-3.1.3-8]: a 3.1.1 client may omit its id only with clean session 1.
+                ProtocolVersion::V4 => c.clean_start,
+                // MQTT 3.1 requires 1 to 23 characters.
+                ProtocolVersion::V3 => false,
+            };
+            if !allowed {
+                return self.refuse(rc::CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session");
+            }
+            assigned = true;
+            let n = ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed);
+            Arc::from(format!("halyard-{:x}-{n}", std::process::id()).as_str())
+        } else {
+            Arc::from(c.client_id.as_str())
+        };
+        if client_id.len() > zone.max_clientid_len {
+            return self.refuse(rc::CLIENT_IDENTIFIER_NOT_VALID, "client id longer than max_clientid_len");
+        }
+        if c.properties.authentication_method.is_some() {
+            // Enhanced authentication (AUTH exchange) is not offered [MQTT-4.12.0-1].
+            return self.refuse(rc::BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported");
+        }
+
+        // Will message [MQTT-3.1.2-8..15].
+        if let Some(w) = &c.will {
+            if halyard_topic::validate_topic_name(&w.topic, zone.max_topic_levels).is_err() {
+                return self.refuse(rc::TOPIC_NAME_INVALID, "invalid will topic");
+            }
+            if (w.qos as u8) > zone.max_qos_allowed {
+                return self.refuse(rc::QOS_NOT_SUPPORTED, "will QoS above max_qos_allowed");
+            }
+            if w.retain && !zone.retain_available {
+                return self.refuse(rc::RETAIN_NOT_SUPPORTED, "will retain but retain is not available");
+            }
+            let mut props = w.properties.clone();
+            let delay = props.will_delay_interval.take().unwrap_or(0);
+            let message_expiry = props.message_expiry_interval.take();
+            self.will = Some(Will {
+                topic: w.topic.clone(),
+                payload: w.payload.clone(),
+                qos: w.qos,
+                retain: w.retain,
+                properties: (!props.is_empty()).then(|| Box::new(props)),
+                message_expiry,
+                delay,
+            });
+        }
+
+        // Session expiry: v5 asks; v3 clean session 0 means "keep it", capped by session_expiry_interval.
+        let requested_expiry = if v5 {
+            c.properties.session_expiry_interval.unwrap_or(0)
+        } else if c.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry_interval = self.cap_expiry(requested_expiry);
+        self.connect_expiry = requested_expiry;
+
+        // Keepalive: a v5 client is told to use at most max_keepalive (or server_keepalive when set) [MQTT-3.2.2-21].
+        self.keep_alive = c.keep_alive;
+        if v5 {
+            if let Some(k) = zone.server_keepalive {
+                self.keep_alive = k;
+            } else if c.keep_alive > zone.max_keepalive {
+                self.keep_alive = zone.max_keepalive;
+            }
+        }
+
+        let p = &c.properties;
+        self.limits = ClientLimits {
+            receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
+            maximum_packet_size: p.maximum_packet_size.map(|m| m as usize).unwrap_or(usize::MAX),
+            topic_alias_maximum: p.topic_alias_maximum.unwrap_or(0),
+            request_problem_information: p.request_problem_information.unwrap_or(1) == 1,
+        };
+        self.last_received = now;
+        Step::Attach(ConnectRequest {
+            client_keep_alive: c.keep_alive,
+            client_id,
+            clean_start: c.clean_start,
+            expiry_interval,
+            assigned,
+            requested_expiry,
+        })
+    }
+
+    /// CONNACK with a failure code, then close [MQTT-3.2.2-6 .. -7].
+    fn refuse(&mut self, v5_code: u8, why: &'static str) -> Step {
+        let code = if self.version.is_v5() { v5_code } else { connack_v5_to_v3(v5_code) };
+        let mut properties = Properties::default();
+        if self.version.is_v5() {
+            properties.reason_string = Some(Utf8::from_static(why));
+        }
+        self.send_trimmed(Packet::ConnAck(ConnAck { session_present: false, reason_code: code, properties }));
+        self.phase = Phase::Closed;
+        Step::Close(Close { reason_code: None, publish_will: false, why: why.into(), detach: DetachReason::Closed })
+    }
+
+    /// The broker attached the session: send CONNACK, resend what was in flight, start delivering.
+    pub fn on_attached(&mut self, req: ConnectRequest, a: Attached, now: Instant) {
+        let present = a.present;
+        self.attached(a);
+        self.client_id = Some(req.client_id.clone());
+        self.phase = Phase::Connected;
+        let zone = self.zone.clone();
+        let mut props = Properties::default();
+        if self.version.is_v5() {
+            if req.expiry_interval != req.requested_expiry {
+                props.session_expiry_interval = Some(req.expiry_interval);
+            }
+            props.receive_maximum = Some(zone.max_inflight.max(1));
+            if zone.max_qos_allowed < 2 {
+                props.maximum_qos = Some(zone.max_qos_allowed);
+            }
+            if !zone.retain_available {
+                props.retain_available = Some(0);
+            }
+            props.maximum_packet_size = u32::try_from(zone.max_packet_size.0).ok();
+            if req.assigned {
+                props.assigned_client_identifier = Some(Utf8::from(&*req.client_id));
+            }
+            props.topic_alias_maximum = Some(zone.max_topic_alias);
+            if !zone.wildcard_subscription {
+                props.wildcard_subscription_available = Some(0);
+            }
+            if !zone.shared_subscription {
+                props.shared_subscription_available = Some(0);
+            }
+            if self.keep_alive != req.client_keep_alive || zone.server_keepalive.is_some() {
+                props.server_keep_alive = Some(self.keep_alive);
+            }
+        }
+        // [MQTT-3.2.2-1..3] Session Present only when a session was resumed.
+        self.send_trimmed(Packet::ConnAck(ConnAck {
+            session_present: present,
+            reason_code: rc::SUCCESS,
+            properties: props,
+        }));
+        tracing::debug!(version = self.version as u8, present, keep_alive = self.keep_alive, "client connected");
+        // [MQTT-4.4.0-1] unacknowledged PUBLISH and PUBREL are resent on reconnect, DUP set on PUBLISH.
+        self.resend_all(now);
+        self.fill(now);
+    }
+}

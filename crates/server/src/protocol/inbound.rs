@@ -1,0 +1,148 @@
+//! PUBLISH and PUBREL from the client: topic aliases, the checks the spec asks of a server, routing, and the
+//! QoS 1/2 acknowledgements (QoS 2 is routed on PUBLISH and its packet id held until PUBREL, so a resent
+//! PUBLISH with DUP is not routed twice [MQTT-4.3.3-10]).
+
+use super::{Close, Conn};
+use halyard_codec::reason::rc;
+use halyard_codec::{Packet, PubResp, Publish, QoS};
+use halyard_core::metrics::Metrics;
+use halyard_core::Message;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl Conn {
+    pub(super) fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), Close> {
+        Metrics::inc(&self.broker.metrics.messages_received);
+        let v5 = self.version.is_v5();
+        if (p.qos as u8) > self.zone.max_qos_allowed {
+            // [MQTT-3.2.2-11] a QoS above Maximum QoS is a protocol error (0x9B).
+            return Err(Close::error(rc::QOS_NOT_SUPPORTED, "PUBLISH QoS above max_qos_allowed"));
+        }
+        if p.retain && !self.zone.retain_available {
+            // [MQTT-3.2.2-14]
+            return Err(Close::error(rc::RETAIN_NOT_SUPPORTED, "retain is not available"));
+        }
+        self.resolve_alias(&mut p)?;
+        if let Err(e) = halyard_topic::validate_topic_name(&p.topic, self.zone.max_topic_levels) {
+            // [MQTT-3.3.2-2] no wildcards in a topic name; [MQTT-4.7.3-1] not empty.
+            return Err(Close::error(rc::TOPIC_NAME_INVALID, format!("invalid topic name: {e}")));
+        }
+
+        let refusal = if p.topic.starts_with("$SYS/") || &*p.topic == "$SYS" {
+            // Clients may not publish into the broker's own namespace.
+            Some((rc::NOT_AUTHORIZED, "publishing to $SYS topics is not allowed"))
+        } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
+            // [MQTT-3.3.2-4] the payload claims to be UTF-8 and is not.
+            Some((rc::PAYLOAD_FORMAT_INVALID, "payload is not valid UTF-8"))
+        } else {
+            None
+        };
+
+        match p.qos {
+            QoS::AtMostOnce => {
+                if refusal.is_none() {
+                    self.route(p, now);
+                }
+            }
+            QoS::AtLeastOnce => {
+                let pid = p.packet_id.unwrap_or(0);
+                let (code, why) = match refusal {
+                    Some(r) => r,
+                    None => (self.route(p, now), ""),
+                };
+                self.send_ack(Packet::PubAck, pid, code, why);
+            }
+            QoS::ExactlyOnce => {
+                let pid = p.packet_id.unwrap_or(0);
+                if self.state.awaiting_rel.contains_key(&pid) {
+                    // A resend of a QoS 2 message we already have: acknowledge again, do not route again.
+                    self.send_ack(Packet::PubRec, pid, rc::SUCCESS, "");
+                    return Ok(());
+                }
+                if let Some((code, why)) = refusal {
+                    self.send_ack(Packet::PubRec, pid, code, why);
+                    return Ok(());
+                }
+                if v5 && self.state.awaiting_rel.len() >= usize::from(self.zone.max_inflight.max(1)) {
+                    // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than our Receive Maximum.
+                    return Err(Close::error(rc::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
+                }
+                if !v5 && self.state.awaiting_rel.len() >= self.zone.max_awaiting_rel {
+                    Metrics::inc(&self.broker.metrics.dropped_awaiting_rel_full);
+                    tracing::debug!(packet_id = pid, "max_awaiting_rel reached: QoS 2 message dropped");
+                    return Ok(());
+                }
+                let code = self.route(p, now);
+                self.state.awaiting_rel.insert(pid, now);
+                self.send_ack(Packet::PubRec, pid, code, "");
+            }
+        }
+        Ok(())
+    }
+
+    /// Topic Alias [MQTT-3.3.2-7 .. -12]: a topic with an alias sets it, an empty topic uses it.
+    fn resolve_alias(&mut self, p: &mut Publish) -> Result<(), Close> {
+        let Some(alias) = p.properties.topic_alias.take() else {
+            if p.topic.is_empty() {
+                return Err(Close::error(rc::PROTOCOL_ERROR, "empty topic without topic alias"));
+            }
+            return Ok(());
+        };
+        if alias == 0 || alias > self.zone.max_topic_alias {
+            return Err(Close::error(rc::TOPIC_ALIAS_INVALID, "topic alias 0 or above Topic Alias Maximum"));
+        }
+        if p.topic.is_empty() {
+            match self.aliases_in.get(&alias) {
+                Some(t) => p.topic = t.clone(),
+                None => return Err(Close::error(rc::PROTOCOL_ERROR, "unknown topic alias")),
+            }
+        } else {
+            self.aliases_in.insert(alias, p.topic.clone());
+        }
+        Ok(())
+    }
+
+    /// Routes the message; returns the v5 reason code for the acknowledgement.
+    fn route(&mut self, p: Publish, now: Instant) -> u8 {
+        let mut props = p.properties;
+        let expires_at = props.message_expiry_interval.take().map(|s| now + Duration::from_secs(u64::from(s)));
+        props.subscription_identifiers.clear();
+        let msg = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: (!props.is_empty()).then(|| Box::new(props)),
+            publisher: self.client_id.clone(),
+            expires_at,
+        };
+        let n = self.broker.publish(Arc::new(msg));
+        if n == 0 {
+            rc::NO_MATCHING_SUBSCRIBERS
+        } else {
+            rc::SUCCESS
+        }
+    }
+
+    pub(super) fn on_pubrel(&mut self, a: PubResp) -> Result<(), Close> {
+        let code = match self.state.awaiting_rel.remove(&a.packet_id) {
+            Some(_) => rc::SUCCESS,
+            None => rc::PACKET_IDENTIFIER_NOT_FOUND,
+        };
+        // [MQTT-4.3.3-11] answer PUBREL with PUBCOMP even for an unknown id (v5 says so in the reason code).
+        self.send_ack(Packet::PubComp, a.packet_id, code, "");
+        Ok(())
+    }
+
+    /// PUBACK / PUBREC / PUBCOMP with a reason code (v5) and, for failures, a reason string.
+    pub(super) fn send_ack(&mut self, kind: fn(PubResp) -> Packet, packet_id: u16, code: u8, why: &str) {
+        let mut r = PubResp::new(packet_id);
+        if self.version.is_v5() {
+            r.reason_code = code;
+            if code >= 0x80 && !why.is_empty() {
+                r.properties.reason_string = self.reason_string(why);
+            }
+        }
+        self.send_trimmed(kind(r));
+    }
+}

@@ -1,0 +1,341 @@
+//! The per-connection MQTT state machine. It performs no I/O: the driver (`crate::connection`) feeds it decoded
+//! packets, the current time and control messages, and writes out whatever it put in [`Conn::out`]. That makes
+//! every protocol rule testable without sockets or sleeps.
+//!
+//! One file per concern: `connect` (CONNECT/CONNACK, the session hand-over), `inbound` (PUBLISH and PUBREL from
+//! the client), `outbound` (deliveries to the client and their acknowledgements), `subscribe`.
+
+mod connect;
+mod inbound;
+mod outbound;
+mod subscribe;
+
+pub use connect::ConnectRequest;
+
+use bytes::BytesMut;
+use halyard_codec::{reason::rc, Disconnect, Packet, ProtocolVersion, Utf8};
+use halyard_core::broker::{Attached, DetachReason, Will};
+use halyard_core::config::MqttConfig;
+use halyard_core::session::{SessionHandle, SessionState};
+use halyard_core::Broker;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why and how a connection ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// The v5 reason code for a server-sent DISCONNECT (only sent to v5 clients after CONNACK).
+    pub reason_code: Option<u8>,
+    /// Whether the will message is published [MQTT-3.1.2-8] (not after a normal DISCONNECT [MQTT-3.1.2-10]).
+    pub publish_will: bool,
+    pub why: Cow<'static, str>,
+    pub(crate) detach: DetachReason,
+}
+
+impl Close {
+    /// A protocol violation: DISCONNECT with `code` for v5, close for v3; the will is published.
+    pub fn error(code: u8, why: impl Into<Cow<'static, str>>) -> Close {
+        Close { reason_code: Some(code), publish_will: true, why: why.into(), detach: DetachReason::Closed }
+    }
+
+    /// The network went away or the client closed without DISCONNECT.
+    pub fn lost(why: impl Into<Cow<'static, str>>) -> Close {
+        Close { reason_code: None, publish_will: true, why: why.into(), detach: DetachReason::Closed }
+    }
+}
+
+/// What the driver must do after a packet.
+#[derive(Debug)]
+pub enum Step {
+    Continue,
+    /// CONNECT was valid: the driver attaches the session (which may wait for a takeover) and calls
+    /// [`Conn::on_attached`].
+    Attach(ConnectRequest),
+    Close(Close),
+}
+
+enum Phase {
+    AwaitConnect,
+    Connected,
+    Closed,
+}
+
+/// Limits the client announced in CONNECT (v5) or the protocol defaults.
+#[derive(Debug, Clone, Copy)]
+struct ClientLimits {
+    receive_maximum: u16,
+    maximum_packet_size: usize,
+    topic_alias_maximum: u16,
+    request_problem_information: bool,
+}
+
+pub struct Conn {
+    broker: Arc<Broker>,
+    zone: Arc<MqttConfig>,
+    phase: Phase,
+    version: ProtocolVersion,
+    /// Bytes to send; the driver drains it.
+    pub out: BytesMut,
+    started: Instant,
+    last_received: Instant,
+    /// Effective keepalive in seconds (0: none).
+    keep_alive: u16,
+    client_id: Option<Arc<str>>,
+    session: Option<Arc<SessionHandle>>,
+    state: SessionState,
+    will: Option<Will>,
+    limits: ClientLimits,
+    /// Session Expiry Interval the client asked for at CONNECT (v5), for the DISCONNECT rule [MQTT-3.14.2-2].
+    connect_expiry: u32,
+    /// Inbound topic aliases (client → broker).
+    aliases_in: HashMap<u16, Utf8>,
+    /// Outbound topic aliases the broker assigned (broker → client).
+    aliases_out: HashMap<Utf8, u16>,
+    /// Scratch buffer for deliveries taken from the session queue.
+    batch: Vec<halyard_core::Delivery>,
+}
+
+/// Never more than this many deliveries are pulled from the queue per fill, so one busy session cannot starve
+/// its own reads.
+const FILL_BATCH: usize = 256;
+/// Pause pulling deliveries when this much is waiting to be written (backpressure to the queue).
+pub const OUT_HIGH_WATER: usize = 256 * 1024;
+
+impl Conn {
+    pub fn new(broker: Arc<Broker>, zone: Arc<MqttConfig>, now: Instant) -> Conn {
+        Conn {
+            broker,
+            zone,
+            phase: Phase::AwaitConnect,
+            version: ProtocolVersion::V4,
+            out: BytesMut::with_capacity(1024),
+            started: now,
+            last_received: now,
+            keep_alive: 0,
+            client_id: None,
+            session: None,
+            state: SessionState::default(),
+            will: None,
+            limits: ClientLimits {
+                receive_maximum: u16::MAX,
+                maximum_packet_size: usize::MAX,
+                topic_alias_maximum: 0,
+                request_problem_information: true,
+            },
+            connect_expiry: 0,
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+            batch: Vec::new(),
+        }
+    }
+
+    pub fn version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    pub fn max_packet_size(&self) -> usize {
+        usize::try_from(self.zone.max_packet_size.0).unwrap_or(usize::MAX)
+    }
+
+    pub fn session(&self) -> Option<&Arc<SessionHandle>> {
+        self.session.as_ref()
+    }
+
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        matches!(self.phase, Phase::Connected)
+    }
+
+    /// Handles one decoded packet.
+    pub fn handle(&mut self, packet: Packet, now: Instant) -> Step {
+        self.last_received = now;
+        match self.phase {
+            Phase::AwaitConnect => match packet {
+                Packet::Connect(c) => self.on_connect(*c, now),
+                // [MQTT-3.1.0-1] the first packet must be CONNECT: close without a response.
+                other => Step::Close(Close::lost(format!("{} before CONNECT", other.name()))),
+            },
+            Phase::Closed => Step::Close(Close::lost("packet after close")),
+            Phase::Connected => match self.on_packet(packet, now) {
+                Ok(()) => Step::Continue,
+                Err(c) => Step::Close(c),
+            },
+        }
+    }
+
+    fn on_packet(&mut self, packet: Packet, now: Instant) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p, now),
+            Packet::PubAck(a) => self.on_puback(a),
+            Packet::PubRec(a) => self.on_pubrec(a, now),
+            Packet::PubRel(a) => self.on_pubrel(a),
+            Packet::PubComp(a) => self.on_pubcomp(a),
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(self.on_disconnect(d)),
+            // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
+            Packet::Connect(_) => Err(Close::error(rc::PROTOCOL_ERROR, "second CONNECT")),
+            // Enhanced authentication was not negotiated in CONNECT, so AUTH is a protocol error [MQTT-4.12.0-1].
+            Packet::Auth(_) => Err(Close::error(rc::PROTOCOL_ERROR, "AUTH without authentication method")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(Close::error(rc::PROTOCOL_ERROR, format!("{} is sent by servers only", packet.name())))
+            }
+        }
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Close {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            // [MQTT-3.14.2-2] a session that was to end with the connection cannot be extended at DISCONNECT.
+            if self.connect_expiry == 0 && expiry != 0 {
+                return Close::error(rc::PROTOCOL_ERROR, "DISCONNECT sets a session expiry after CONNECT had 0");
+            }
+            if let Some(s) = &self.session {
+                s.set_expiry_interval(self.cap_expiry(expiry));
+            }
+        }
+        Close {
+            reason_code: None,
+            // Reason 0x04 asks for the will to be published; any other normal DISCONNECT discards it.
+            publish_will: d.reason_code == rc::DISCONNECT_WITH_WILL,
+            why: "client sent DISCONNECT".into(),
+            detach: DetachReason::Closed,
+        }
+    }
+
+    /// A control message from the broker: another connection is taking this session over.
+    pub fn on_takeover(&mut self, resume: bool) -> Close {
+        Close {
+            reason_code: Some(rc::SESSION_TAKEN_OVER),
+            publish_will: true,
+            why: "session taken over".into(),
+            detach: DetachReason::TakenOver { resume },
+        }
+    }
+
+    /// Ends the connection: writes the DISCONNECT a v5 client is owed, and gives the session back to the broker.
+    pub fn close(&mut self, close: &Close) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        let was_connected = matches!(self.phase, Phase::Connected);
+        self.phase = Phase::Closed;
+        if was_connected && self.version.is_v5() {
+            if let Some(code) = close.reason_code {
+                let mut d = Disconnect { reason_code: code, ..Default::default() };
+                if self.limits.request_problem_information {
+                    d.properties.reason_string = Some(Utf8::from(close.why.as_ref()));
+                }
+                self.send_trimmed(Packet::Disconnect(d));
+            }
+        }
+        if let Some(handle) = self.session.take() {
+            let will = if close.publish_will { self.will.take() } else { None };
+            let state = std::mem::take(&mut self.state);
+            self.broker.detach(&handle, state, will, close.detach);
+        }
+    }
+
+    /// Time-driven work: keepalive, the CONNECT deadline, MQTT 3.x resends, stale QoS 2 ids.
+    pub fn on_tick(&mut self, now: Instant) -> Result<(), Close> {
+        match self.phase {
+            Phase::AwaitConnect => {
+                if now >= self.started + self.zone.idle_timeout.0 {
+                    return Err(Close::lost("no CONNECT within idle_timeout"));
+                }
+            }
+            Phase::Connected => {
+                if let Some(deadline) = self.keepalive_deadline() {
+                    if now >= deadline {
+                        // [MQTT-3.1.2-24] nothing received for 1.5 × keepalive.
+                        return Err(Close::error(rc::KEEP_ALIVE_TIMEOUT, "keepalive timeout"));
+                    }
+                }
+                self.resend_due(now);
+                let timeout = self.zone.await_rel_timeout.0;
+                self.state.awaiting_rel.retain(|_, at| now.duration_since(*at) < timeout);
+            }
+            Phase::Closed => {}
+        }
+        Ok(())
+    }
+
+    fn keepalive_deadline(&self) -> Option<Instant> {
+        (self.keep_alive > 0).then(|| self.last_received + Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+
+    /// When `on_tick` next has something to do.
+    pub fn next_deadline(&self, now: Instant) -> Instant {
+        let far = now + Duration::from_secs(3600);
+        match self.phase {
+            Phase::AwaitConnect => self.started + self.zone.idle_timeout.0,
+            Phase::Closed => far,
+            Phase::Connected => {
+                let mut t = self.keepalive_deadline().unwrap_or(far);
+                if let Some(r) = self.next_resend() {
+                    t = t.min(r);
+                }
+                if !self.state.awaiting_rel.is_empty() {
+                    t = t.min(now + self.zone.await_rel_timeout.0.max(Duration::from_secs(1)));
+                }
+                t
+            }
+        }
+    }
+
+    /// Encodes a packet into the output buffer.
+    fn send(&mut self, p: &Packet) {
+        if let Err(e) = halyard_codec::encode(p, self.version, &mut self.out) {
+            tracing::warn!(error = %e, packet = p.name(), "cannot encode packet");
+        }
+    }
+
+    /// Sends an ack-like packet, dropping its reason string and user properties if the packet would exceed the
+    /// client's Maximum Packet Size [MQTT-3.1.2-25], [MQTT-3.4.2-3].
+    fn send_trimmed(&mut self, mut p: Packet) {
+        if halyard_codec::encoded_len(&p, self.version) > self.limits.maximum_packet_size {
+            if let Some(props) = properties_mut(&mut p) {
+                props.reason_string = None;
+                props.user_properties.clear();
+            }
+            if halyard_codec::encoded_len(&p, self.version) > self.limits.maximum_packet_size {
+                return;
+            }
+        }
+        self.send(&p);
+    }
+
+    fn cap_expiry(&self, requested: u32) -> u32 {
+        let cap = u32::try_from(self.zone.session_expiry_interval.as_secs()).unwrap_or(u32::MAX);
+        requested.min(cap)
+    }
+
+    /// A reason string for v5 acks and DISCONNECT, when the client did not ask us to leave them out.
+    fn reason_string(&self, s: &str) -> Option<Utf8> {
+        (self.version.is_v5() && self.limits.request_problem_information).then(|| Utf8::from(s))
+    }
+
+    pub(crate) fn attached(&mut self, a: Attached) {
+        self.session = Some(a.handle);
+        self.state = a.state;
+    }
+}
+
+fn properties_mut(p: &mut Packet) -> Option<&mut halyard_codec::Properties> {
+    match p {
+        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => Some(&mut r.properties),
+        Packet::SubAck(s) => Some(&mut s.properties),
+        Packet::UnsubAck(u) => Some(&mut u.properties),
+        Packet::Disconnect(d) => Some(&mut d.properties),
+        Packet::ConnAck(c) => Some(&mut c.properties),
+        _ => None,
+    }
+}

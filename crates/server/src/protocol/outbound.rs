@@ -1,0 +1,193 @@
+//! Deliveries to the client: the inflight window (bounded by the client's Receive Maximum and `max_inflight`),
+//! packet ids, outbound topic aliases, message expiry, the client's Maximum Packet Size, and the acknowledgements
+//! that complete QoS 1/2 deliveries.
+
+use super::{Close, Conn, FILL_BATCH, OUT_HIGH_WATER};
+use halyard_codec::reason::rc;
+use halyard_codec::{Packet, Properties, ProtocolVersion, PubResp, Publish, QoS, Utf8};
+use halyard_core::metrics::Metrics;
+use halyard_core::session::{InflightEntry, Stage};
+use halyard_core::Delivery;
+use std::time::Instant;
+
+impl Conn {
+    fn inflight_limit(&self) -> usize {
+        usize::from(self.limits.receive_maximum.min(self.zone.max_inflight).max(1))
+    }
+
+    /// True when the connection can take more deliveries from the session queue now.
+    pub fn wants_deliveries(&self) -> bool {
+        self.is_connected() && self.out.len() < OUT_HIGH_WATER
+    }
+
+    /// Moves deliveries from the session queue to the output buffer while the window and buffer allow.
+    pub fn fill(&mut self, now: Instant) {
+        let Some(session) = self.session.clone() else { return };
+        while self.wants_deliveries() {
+            let room = self.inflight_limit().saturating_sub(self.state.inflight.len());
+            let mut batch = std::mem::take(&mut self.batch);
+            session.take(room, FILL_BATCH, &mut batch);
+            let n = batch.len();
+            for d in batch.drain(..) {
+                self.deliver(d, now);
+            }
+            self.batch = batch;
+            if n < FILL_BATCH {
+                break;
+            }
+        }
+    }
+
+    fn deliver(&mut self, d: Delivery, now: Instant) {
+        if d.msg.is_expired(now) {
+            // [MQTT-3.3.2-5] an expired message is not delivered.
+            Metrics::inc(&self.broker.metrics.dropped_expired);
+            return;
+        }
+        let packet_id = if d.qos == QoS::AtMostOnce {
+            None
+        } else {
+            match self.state.next_packet_id() {
+                Some(id) => Some(id),
+                None => {
+                    // Unreachable with a window of at most 65535; requeueing would reorder, so count and drop.
+                    Metrics::inc(&self.broker.metrics.dropped_queue_full);
+                    return;
+                }
+            }
+        };
+        if !self.write_publish(&d, packet_id, false, now) {
+            return;
+        }
+        if let Some(packet_id) = packet_id {
+            let stage = if d.qos == QoS::AtLeastOnce { Stage::AwaitPubAck } else { Stage::AwaitPubRec };
+            self.state.inflight.push_back(InflightEntry { packet_id, delivery: d, stage, sent_at: now });
+        }
+    }
+
+    /// Encodes one PUBLISH for delivery. Returns false when the message cannot be sent to this client at all
+    /// (larger than its Maximum Packet Size: discarded as if delivered [MQTT-3.1.2-25]).
+    fn write_publish(&mut self, d: &Delivery, packet_id: Option<u16>, dup: bool, now: Instant) -> bool {
+        let mut p = Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: d.msg.topic.clone(),
+            packet_id,
+            properties: Properties::default(),
+            payload: d.msg.payload.clone(),
+        };
+        if self.version.is_v5() {
+            if let Some(props) = &d.msg.properties {
+                p.properties = (**props).clone();
+            }
+            // [MQTT-3.3.2-6] the expiry sent is what is left of it.
+            p.properties.message_expiry_interval = d.msg.remaining_expiry(now);
+            p.properties.subscription_identifiers.clone_from(&d.sub_ids);
+        }
+        let packet = Packet::Publish(p);
+        if halyard_codec::encoded_len(&packet, self.version) > self.limits.maximum_packet_size {
+            Metrics::inc(&self.broker.metrics.dropped_too_large);
+            tracing::debug!(topic = %d.msg.topic, "message larger than the client's Maximum Packet Size: dropped");
+            return false;
+        }
+        let Packet::Publish(mut p) = packet else { return false };
+        self.apply_alias(&mut p);
+        Metrics::inc(&self.broker.metrics.messages_sent);
+        self.send(&Packet::Publish(p));
+        true
+    }
+
+    /// The broker assigns outbound topic aliases while the client's Topic Alias Maximum allows; once assigned,
+    /// a topic is sent as an empty name plus its alias [MQTT-3.3.2-8].
+    fn apply_alias(&mut self, p: &mut Publish) {
+        if self.version != ProtocolVersion::V5 || self.limits.topic_alias_maximum == 0 {
+            return;
+        }
+        if let Some(&alias) = self.aliases_out.get(&p.topic) {
+            p.properties.topic_alias = Some(alias);
+            p.topic = Utf8::default();
+        } else if self.aliases_out.len() < usize::from(self.limits.topic_alias_maximum) {
+            let alias = u16::try_from(self.aliases_out.len() + 1).unwrap_or(u16::MAX);
+            self.aliases_out.insert(p.topic.clone(), alias);
+            p.properties.topic_alias = Some(alias);
+        }
+    }
+
+    pub(super) fn on_puback(&mut self, a: PubResp) -> Result<(), Close> {
+        if let Some(i) = self.state.inflight_position(a.packet_id) {
+            if self.state.inflight[i].stage == Stage::AwaitPubAck {
+                self.state.inflight.remove(i);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_pubrec(&mut self, a: PubResp, now: Instant) -> Result<(), Close> {
+        match self.state.inflight_position(a.packet_id) {
+            Some(i) if self.state.inflight[i].stage != Stage::AwaitPubAck => {
+                if a.reason_code >= 0x80 {
+                    // [MQTT-4.3.3-4]: a failure PUBREC ends the exchange; the id is free again.
+                    self.state.inflight.remove(i);
+                    return Ok(());
+                }
+                let e = &mut self.state.inflight[i];
+                e.stage = Stage::AwaitPubComp;
+                e.sent_at = now;
+                self.send_ack(Packet::PubRel, a.packet_id, rc::SUCCESS, "");
+            }
+            _ => self.send_ack(Packet::PubRel, a.packet_id, rc::PACKET_IDENTIFIER_NOT_FOUND, ""),
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_pubcomp(&mut self, a: PubResp) -> Result<(), Close> {
+        if let Some(i) = self.state.inflight_position(a.packet_id) {
+            if self.state.inflight[i].stage == Stage::AwaitPubComp {
+                self.state.inflight.remove(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resends every unacknowledged PUBLISH (DUP set) and PUBREL: on reconnect [MQTT-4.4.0-1].
+    pub(super) fn resend_all(&mut self, now: Instant) {
+        for i in 0..self.state.inflight.len() {
+            self.resend(i, now);
+        }
+    }
+
+    /// MQTT 3.x only: resend what waited longer than retry_interval. MQTT 5 forbids resending on a live
+    /// connection [MQTT-4.4.0-1].
+    pub(super) fn resend_due(&mut self, now: Instant) {
+        if self.version.is_v5() {
+            return;
+        }
+        let retry = self.zone.retry_interval.0;
+        for i in 0..self.state.inflight.len() {
+            if now.duration_since(self.state.inflight[i].sent_at) >= retry {
+                self.resend(i, now);
+            }
+        }
+    }
+
+    pub(super) fn next_resend(&self) -> Option<Instant> {
+        if self.version.is_v5() {
+            return None;
+        }
+        self.state.inflight.iter().map(|e| e.sent_at + self.zone.retry_interval.0).min()
+    }
+
+    fn resend(&mut self, i: usize, now: Instant) {
+        let Some(e) = self.state.inflight.get_mut(i) else { return };
+        e.sent_at = now;
+        let (stage, packet_id, d) = (e.stage, e.packet_id, e.delivery.clone());
+        match stage {
+            Stage::AwaitPubComp => self.send_ack(Packet::PubRel, packet_id, rc::SUCCESS, ""),
+            Stage::AwaitPubAck | Stage::AwaitPubRec => {
+                // [MQTT-3.3.1-1] DUP on a resend.
+                self.write_publish(&d, Some(packet_id), true, now);
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! SUBSCRIBE and UNSUBSCRIBE: filter checks, shared groups, granted QoS, and retained messages on subscribe
+//! (sent after the SUBACK, through the session queue, so their order with live messages is kept).
+
+use super::{Close, Conn};
+use halyard_codec::reason::{rc, v3};
+use halyard_codec::{Packet, Properties, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe};
+use halyard_core::session::SubscriptionRecord;
+use halyard_core::Delivery;
+use halyard_topic::Subscription;
+
+impl Conn {
+    pub(super) fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let Some(session) = self.session.clone() else { return Ok(()) };
+        let v5 = self.version.is_v5();
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        for (filter, opts) in &s.filters {
+            let parsed = match halyard_topic::parse_subscription(filter, self.zone.max_topic_levels) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(filter = %filter, error = %e, "invalid topic filter");
+                    codes.push(if v5 { rc::TOPIC_FILTER_INVALID } else { v3::SUBACK_FAILURE });
+                    continue;
+                }
+            };
+            let (plain_filter, group) = match parsed {
+                Subscription::Plain(f) => (f, None),
+                Subscription::Shared { group, filter } => (filter, Some(group)),
+            };
+            if group.is_some() && !self.zone.shared_subscription {
+                codes.push(if v5 { rc::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED } else { v3::SUBACK_FAILURE });
+                continue;
+            }
+            if group.is_some() && opts.no_local {
+                // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+                return Err(Close::error(rc::PROTOCOL_ERROR, "No Local set on a shared subscription"));
+            }
+            if !self.zone.wildcard_subscription && halyard_topic::is_wildcard(plain_filter) {
+                codes.push(if v5 { rc::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED } else { v3::SUBACK_FAILURE });
+                continue;
+            }
+            let mut options = *opts;
+            // The granted QoS may be lower than asked [MQTT-3.9.3-2]; never above max_qos_allowed.
+            options.qos = QoS::from_u8(((opts.qos as u8).min(self.zone.max_qos_allowed)).min(2)).unwrap_or_default();
+            if !v5 {
+                options.no_local = false;
+                options.retain_as_published = false;
+                options.retain_handling = 0;
+            }
+            let existed = self.broker.subscribe(&session, plain_filter, group, options, sub_id);
+            self.state.subscriptions.insert(filter.to_string(), SubscriptionRecord { options, sub_id });
+            codes.push(options.qos as u8);
+
+            // Retained messages [MQTT-3.3.1-9, MQTT-3.3.1-10, MQTT-3.3.1-11]; none for shared subscriptions.
+            let send_retained = group.is_none()
+                && match options.retain_handling {
+                    0 => true,
+                    1 => !existed,
+                    _ => false,
+                };
+            if send_retained {
+                for m in self.broker.retainer.matching(plain_filter) {
+                    let d = Delivery {
+                        qos: m.qos.min(options.qos),
+                        msg: m,
+                        retain: true,
+                        sub_ids: sub_id.into_iter().collect(),
+                        shared: None,
+                    };
+                    session.push(d, &self.broker.metrics);
+                }
+            }
+        }
+        // [MQTT-3.8.4-1] SUBACK with the same packet id, one code per filter [MQTT-3.8.4-6].
+        self.send_trimmed(Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            reason_codes: codes,
+        }));
+        Ok(())
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+        let Some(session) = self.session.clone() else { return Ok(()) };
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            let removed = self.state.subscriptions.remove(filter.as_str()).is_some();
+            if let Ok(parsed) = halyard_topic::parse_subscription(filter, 0) {
+                match parsed {
+                    Subscription::Plain(f) => self.broker.unsubscribe(&session, f, None),
+                    Subscription::Shared { group, filter } => self.broker.unsubscribe(&session, filter, Some(group)),
+                };
+            }
+            codes.push(if removed { rc::SUCCESS } else { rc::NO_SUBSCRIPTION_EXISTED });
+        }
+        if !self.version.is_v5() {
+            codes.clear();
+        }
+        // [MQTT-3.10.4-4] UNSUBACK even when nothing was subscribed.
+        self.send_trimmed(Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            reason_codes: codes,
+        }));
+        Ok(())
+    }
+}
