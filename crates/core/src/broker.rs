@@ -175,10 +175,12 @@ impl Broker {
             handle.detach(Some(state));
             return;
         }
-        // Offline: shared-subscription messages this member has not finished go to another member.
+        // Offline: shared-subscription messages this member has not finished go to another member. Only QoS 1
+        // ones: a QoS 2 delivery that started must be completed to this member when it reconnects
+        // [MQTT-4.8.2-4]. Queued messages it never saw may go to anyone.
         let mut kept = std::collections::VecDeque::with_capacity(state.inflight.len());
         for e in state.inflight.drain(..) {
-            if e.delivery.shared.is_some() && e.stage != Stage::AwaitPubComp {
+            if e.delivery.shared.is_some() && e.stage == Stage::AwaitPubAck {
                 if let Err(e) = self.redispatch_or_keep(handle, e.delivery.clone()).map(|_| ()).map_err(|_| e) {
                     kept.push_back(e);
                 }
@@ -245,8 +247,13 @@ impl Broker {
                 };
             }
         }
-        let inflight = state.inflight.into_iter().filter(|e| e.stage != Stage::AwaitPubComp).map(|e| e.delivery);
-        for d in inflight.chain(handle.clear_queue()) {
+        // A QoS 2 shared delivery that started goes to no other client when its session ends [MQTT-4.8.2-5].
+        let (redispatchable, started_qos2): (Vec<_>, Vec<_>) =
+            state.inflight.into_iter().partition(|e| e.stage == Stage::AwaitPubAck);
+        for _ in started_qos2 {
+            Metrics::inc(&self.metrics.dropped_session_ended);
+        }
+        for d in redispatchable.into_iter().map(|e| e.delivery).chain(handle.clear_queue()) {
             if d.shared.is_some() && self.redispatch_or_keep(handle, d).is_ok() {
                 continue;
             }

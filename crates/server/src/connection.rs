@@ -39,10 +39,19 @@ async fn drive(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, mu
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(4);
     let mut control_tx = Some(control_tx);
+    // One timer for the connection's life. It may fire early (on_tick re-checks the real deadlines and re-arms
+    // it), so it is only ever pulled earlier here: received packets push deadlines later and cost nothing.
+    let mut deadline = conn.next_deadline(Instant::now());
+    let timer = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(timer);
 
     let close = loop {
         let session = conn.session().cloned();
-        let deadline = tokio::time::Instant::from_std(conn.next_deadline(Instant::now()));
+        let next = conn.next_deadline(Instant::now());
+        if next < deadline {
+            deadline = next;
+            timer.as_mut().reset(deadline.into());
+        }
         let want_read = conn.out.len() < OUT_HIGH_WATER;
         let want_fill = session.is_some() && conn.wants_deliveries();
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
@@ -79,10 +88,13 @@ async fn drive(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, mu
                 conn.fill(Instant::now());
             }
             _ = notified(session.as_deref()), if want_fill => conn.fill(Instant::now()),
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = &mut timer => {
                 if let Err(c) = conn.on_tick(Instant::now()) {
                     break c;
                 }
+                // Re-arm even if the deadline did not move, so an elapsed timer does not fire in a loop.
+                deadline = conn.next_deadline(Instant::now());
+                timer.as_mut().reset(deadline.into());
             }
         }
     };
@@ -92,6 +104,8 @@ async fn drive(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, mu
         tracing::debug!(why = %close.why, code = ?close.reason_code, "connection closed");
     }
     conn.close(&close);
+    // The session is parked: a takeover waiting on us may proceed now, not after the linger below.
+    drop(control_rx);
     linger(&mut rd, &mut wr, &mut conn.out).await;
 }
 

@@ -167,6 +167,9 @@ impl MqttConfig {
         if self.max_inflight == 0 {
             return Err(("max_inflight", "0".into(), "1 to 65535"));
         }
+        if self.max_mqueue_len == 0 {
+            return Err(("max_mqueue_len", "0".into(), "1 or more (the queue is always bounded)"));
+        }
         if self.max_keepalive == 0 {
             return Err(("max_keepalive", "0".into(), "1 to 65535"));
         }

@@ -9,6 +9,8 @@ mod connect;
 mod inbound;
 mod outbound;
 mod subscribe;
+#[cfg(test)]
+mod tests;
 
 pub use connect::ConnectRequest;
 
