@@ -12,7 +12,7 @@ use bytes::Bytes;
 use halyard_codec::{Properties, QoS, SubscriptionOptions, Utf8};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// How long a new connection waits for the old owner of its session to hand it over.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,10 +75,16 @@ impl Broker {
 
     /// Stores a retained message (when retain is available) and routes `msg` to its subscribers.
     pub fn publish(&self, msg: Arc<Message>) -> usize {
+        self.publish_into(msg, &mut Vec::new())
+    }
+
+    /// `publish` for a client's PUBLISH: sessions whose backlog asks the publisher to hold back are appended to
+    /// `congested`.
+    pub fn publish_into(&self, msg: Arc<Message>, congested: &mut Vec<Arc<SessionHandle>>) -> usize {
         if msg.retain && self.config.mqtt.retain_available {
             self.retainer.store(&msg);
         }
-        self.router.route(&msg, self.strategy(), &self.metrics)
+        self.router.route(&msg, self.strategy(), &self.metrics, congested)
     }
 
     /// Gives the session for `client_id` to a new connection whose control channel is `control`. An existing
@@ -90,7 +96,7 @@ impl Broker {
         clean_start: bool,
         expiry_interval: u32,
         zone: &MqttConfig,
-        control: mpsc::Sender<Control>,
+        control: oneshot::Sender<Control>,
     ) -> Attached {
         loop {
             let (handle, created) = self.registry.get_or_insert_with(client_id, |id, cid| {
@@ -103,7 +109,7 @@ impl Broker {
             if !created {
                 if let Some(owner) = handle.take_owner() {
                     let (done, answered) = oneshot::channel();
-                    if owner.send(Control::Takeover { resume: !clean_start, done }).await.is_ok()
+                    if owner.send(Control::Takeover { resume: !clean_start, done }).is_ok()
                         && tokio::time::timeout(TAKEOVER_TIMEOUT, answered).await.is_err()
                     {
                         tracing::warn!(client_id, "previous connection did not hand its session over in time");
@@ -191,7 +197,8 @@ impl Broker {
         state.inflight = kept;
         for d in handle.take_shared_queued() {
             if let Err(d) = self.redispatch_or_keep(handle, d) {
-                handle.push(d, &self.metrics);
+                // Back into its own (now offline) queue: offline sessions hold nobody back.
+                let _ = handle.push(d, &self.metrics);
             }
         }
         let generation = handle.detach(Some(state));

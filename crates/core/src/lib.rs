@@ -8,6 +8,7 @@ pub mod broker;
 pub mod config;
 pub mod message;
 pub mod metrics;
+pub mod persist;
 pub mod registry;
 pub mod retainer;
 pub mod router;

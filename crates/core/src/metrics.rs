@@ -41,6 +41,10 @@ counters! {
     dropped_session_ended,
     /// Inbound QoS 2 messages refused because max_awaiting_rel was reached (MQTT 3.x).
     dropped_awaiting_rel_full,
+    /// Times a publisher was held back because a subscriber's queue passed its high-water mark.
+    backpressure_waits,
+    /// Hold-backs that ended by the time limit rather than by the subscriber draining.
+    backpressure_timeouts,
     /// Shared-subscription messages handed to another member after theirs left.
     shared_redispatched,
     /// Will messages published.

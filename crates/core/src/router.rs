@@ -72,8 +72,15 @@ impl Router {
         }
     }
 
-    /// Routes one message to every matching session; returns how many sessions got it.
-    pub fn route(&self, msg: &Arc<Message>, strategy: SharedStrategy, metrics: &Metrics) -> usize {
+    /// Routes one message to every matching session; returns how many sessions got it. Sessions that asked the
+    /// publisher to hold back (see `SessionHandle::push`) are appended to `congested`.
+    pub fn route(
+        &self,
+        msg: &Arc<Message>,
+        strategy: SharedStrategy,
+        metrics: &Metrics,
+        congested: &mut Vec<Arc<SessionHandle>>,
+    ) -> usize {
         let topic = msg.topic.as_str();
         let mut targets: Vec<(SubEntry, QoS, bool, Vec<u32>)> = Vec::new();
         self.plain.read().for_each_match(topic, |_, _, e| {
@@ -105,11 +112,16 @@ impl Router {
         });
         let n = targets.len() + picked.len();
         for (e, qos, rap, sub_ids) in targets {
-            e.session.push(delivery(msg, qos, rap, sub_ids, None), metrics);
+            if e.session.push(delivery(msg, qos, rap, sub_ids, None), metrics) {
+                congested.push(e.session);
+            }
         }
         for (e, origin) in picked {
             let sub_ids = e.sub_id.into_iter().collect();
-            e.session.push(delivery(msg, e.options.qos, e.options.retain_as_published, sub_ids, Some(origin)), metrics);
+            let d = delivery(msg, e.options.qos, e.options.retain_as_published, sub_ids, Some(origin));
+            if e.session.push(d, metrics) {
+                congested.push(e.session);
+            }
         }
         if n == 0 {
             Metrics::inc(&metrics.messages_no_subscribers);
@@ -136,7 +148,7 @@ impl Router {
                     e.sub_id.into_iter().collect(),
                     Some(origin),
                 );
-                e.session.push(redelivered, metrics);
+                let _ = e.session.push(redelivered, metrics);
                 Metrics::inc(&metrics.shared_redispatched);
                 true
             }

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
 pub type SessionId = u64;
 
@@ -35,6 +35,9 @@ pub struct SessionHandle {
     max_queue_len: AtomicUsize,
     store_qos0: AtomicBool,
     notify: Notify,
+    /// Woken when the queue falls to the low-water mark or the session goes offline: publishers held back by
+    /// this session's backlog wait on it.
+    drained: Notify,
     online: AtomicBool,
     removed: AtomicBool,
     /// Bumped at every change of owner, so a timer set for one offline period cannot act in the next.
@@ -42,7 +45,8 @@ pub struct SessionHandle {
     /// Session Expiry Interval in seconds (0: ends with the connection).
     expiry_interval: AtomicU32,
     parked: Mutex<Option<SessionState>>,
-    owner: Mutex<Option<mpsc::Sender<Control>>>,
+    /// How to reach the owning connection; used at most once (a takeover), hence a oneshot.
+    owner: Mutex<Option<oneshot::Sender<Control>>>,
     /// Serialises connects of the same client id, so a takeover is one step even when clients race.
     pub connect_lock: tokio::sync::Mutex<()>,
 }
@@ -56,6 +60,7 @@ impl SessionHandle {
             max_queue_len: AtomicUsize::new(max_queue_len),
             store_qos0: AtomicBool::new(store_qos0),
             notify: Notify::new(),
+            drained: Notify::new(),
             online: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
@@ -67,14 +72,19 @@ impl SessionHandle {
     }
 
     /// Queues a delivery; drop-oldest when the mqueue is full. Every drop is counted and logged at debug.
-    pub fn push(&self, d: Delivery, metrics: &Metrics) {
-        if d.qos == QoS::AtMostOnce && !self.is_online() && !self.store_qos0.load(Ordering::Relaxed) {
+    /// Returns true when the publisher should hold back: the session is online, the delivery is QoS 1/2 and
+    /// the queue is past its high-water mark. Offline sessions never hold publishers back (their mqueue drops
+    /// the oldest instead), and neither does QoS 0.
+    pub fn push(&self, d: Delivery, metrics: &Metrics) -> bool {
+        let online = self.is_online();
+        if d.qos == QoS::AtMostOnce && !online && !self.store_qos0.load(Ordering::Relaxed) {
             Metrics::inc(&metrics.dropped_qos0_offline);
             tracing::debug!(client_id = %self.client_id, topic = %d.msg.topic, "QoS 0 message not queued for offline session");
-            return;
+            return false;
         }
         let max = self.max_queue_len.load(Ordering::Relaxed);
-        {
+        let holds_back = online && d.qos != QoS::AtMostOnce;
+        let congested = {
             let mut q = self.queue.lock();
             if q.len() >= max {
                 if let Some(old) = q.pop_front() {
@@ -83,8 +93,29 @@ impl SessionHandle {
                 }
             }
             q.push_back(d);
-        }
+            holds_back && q.len() >= high_water(max)
+        };
         self.notify.notify_one();
+        congested
+    }
+
+    /// True while the queue is above its low-water mark and the session is online.
+    pub fn is_congested(&self) -> bool {
+        self.is_online() && self.queue.lock().len() > low_water(self.max_queue_len.load(Ordering::Relaxed))
+    }
+
+    /// Resolves once the session is no longer congested (drained to the low-water mark, or offline).
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a drain between the check and the await is not missed.
+            notified.as_mut().enable();
+            if !self.is_congested() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Pops deliveries in order into `out`: QoS 0 ones freely, QoS 1/2 ones only while `qos12_room` lasts, and at
@@ -103,6 +134,9 @@ impl SessionHandle {
                 }
                 out.push(d);
             }
+        }
+        if !out.is_empty() && q.len() <= low_water(self.max_queue_len.load(Ordering::Relaxed)) {
+            self.drained.notify_waiters();
         }
     }
 
@@ -162,13 +196,13 @@ impl SessionHandle {
     }
 
     /// Makes `control` the owner: the session is online from now on.
-    pub(crate) fn attach(&self, control: mpsc::Sender<Control>) {
+    pub(crate) fn attach(&self, control: oneshot::Sender<Control>) {
         *self.owner.lock() = Some(control);
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.online.store(true, Ordering::Release);
     }
 
-    pub(crate) fn take_owner(&self) -> Option<mpsc::Sender<Control>> {
+    pub(crate) fn take_owner(&self) -> Option<oneshot::Sender<Control>> {
         self.owner.lock().take()
     }
 
@@ -177,6 +211,8 @@ impl SessionHandle {
         *self.parked.lock() = state;
         *self.owner.lock() = None;
         self.online.store(false, Ordering::Release);
+        // Offline sessions hold nobody back.
+        self.drained.notify_waiters();
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
 
@@ -187,6 +223,17 @@ impl SessionHandle {
     pub(crate) fn parked_subscriptions(&self) -> Vec<String> {
         self.parked.lock().as_ref().map(|s| s.subscriptions.keys().cloned().collect()).unwrap_or_default()
     }
+}
+
+/// Queue length at which an online session holds QoS 1/2 publishers back: small, so that backpressure, not
+/// a deep queue, absorbs a burst (a deep queue is seconds of latency), and below `max_queue_len`, so that an
+/// online session's acknowledged messages are not dropped.
+fn high_water(max_queue_len: usize) -> usize {
+    (max_queue_len / 2).clamp(1, 1000)
+}
+
+fn low_water(max_queue_len: usize) -> usize {
+    high_water(max_queue_len) / 2
 }
 
 /// One subscription as the session remembers it (the router holds its own copy for matching).

@@ -29,6 +29,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Load generator: conn, pub, sub, fanin, fanout, pairs (see `halyard bench --help`)
+    Bench(halyard_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("configuration OK");
             Ok(())
         }
+        Command::Bench(args) => halyard_bench::run(args),
     }
 }
 

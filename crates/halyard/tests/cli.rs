@@ -63,16 +63,29 @@ fn mosquitto_available() -> bool {
     ok
 }
 
+/// A mosquitto_sub process, killed and reaped on drop (also when an assertion fails).
+struct Sub(Child);
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs mosquitto_sub with -d and waits until it has its SUBACK, so a publish after this cannot race it.
-fn subscribed(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new("mosquitto_sub")
+fn subscribed(args: &[&str]) -> (Sub, mpsc::Receiver<String>) {
+    // stdbuf: mosquitto_sub's stdout is a pipe here, so without line buffering its -d lines would wait in a
+    // block buffer until it exits.
+    let mut child = Sub(Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub"])
         .args(args)
         .arg("-d")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("spawn mosquitto_sub");
-    let stdout = child.stdout.take().expect("stdout");
+        .expect("spawn mosquitto_sub"));
+    let stdout = child.0.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -91,7 +104,7 @@ fn subscribed(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
 fn next_message(rx: &mpsc::Receiver<String>) -> String {
     loop {
         let line = rx.recv_timeout(Duration::from_secs(5)).expect("a message within 5 s");
-        if !line.starts_with("Client ") {
+        if !line.starts_with("Client ") && !line.starts_with("Subscribed (mid") {
             return line;
         }
     }
@@ -106,15 +119,14 @@ fn newcomer_starts_broker_and_mosquitto_clients_exchange_a_message() {
     let port = b.port.to_string();
     for (v, qos) in [("mqttv311", "1"), ("mqttv5", "2"), ("mqttv31", "0")] {
         let topic = format!("hello/{v}");
-        let (mut sub, rx) = subscribed(&["-h", "127.0.0.1", "-p", &port, "-V", v, "-q", qos, "-t", &topic]);
+        let (sub, rx) = subscribed(&["-h", "127.0.0.1", "-p", &port, "-V", v, "-q", qos, "-t", &topic]);
         let st = Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &port, "-V", v, "-q", qos, "-t", &topic, "-m", "hi from mosquitto_pub"])
             .status()
             .expect("run mosquitto_pub");
         assert!(st.success(), "mosquitto_pub {v} exits 0");
         assert_eq!(next_message(&rx), "hi from mosquitto_pub", "{v}");
-        let _ = sub.kill();
-        let _ = sub.wait();
+        drop(sub);
     }
 }
 
@@ -137,10 +149,8 @@ fn mosquitto_retained_and_persistent_session() {
         .expect("mosquitto_sub");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 kept");
     // [MQTT-3.1.2-4] a persistent session (-c, clean session 0) gets what was published while it was away.
-    let (mut s, _rx) =
-        subscribed(&["-h", "127.0.0.1", "-p", &port, "-c", "-i", "mosq-persist", "-q", "1", "-t", "away"]);
-    let _ = s.kill();
-    let _ = s.wait();
+    let (s, _rx) = subscribed(&["-h", "127.0.0.1", "-p", &port, "-c", "-i", "mosq-persist", "-q", "1", "-t", "away"]);
+    drop(s);
     pubq(&["-t", "away", "-m", "while-away", "-q", "1"]);
     let out = Command::new("mosquitto_sub")
         .args([

@@ -520,3 +520,39 @@ async fn max_connections_refuses_extra_connections() {
     assert!(third.closed().await.is_ok(), "third connection closed by the broker");
     assert_eq!(Metrics::get(&b.broker.metrics.connections_refused_max), 1);
 }
+
+#[tokio::test]
+async fn backpressure_holds_publishers_instead_of_dropping_acknowledged_messages() {
+    // An online subscriber slower than its publisher: with a queue of 10, 200 pipelined QoS 1 messages must all
+    // arrive, in order, none dropped; the publisher is held back instead (the Receive Maximum of 1 makes the
+    // subscriber slow: one message per round trip).
+    let b = start(&[("HALYARD_MQTT__MAX_MQUEUE_LEN", "10")]).await;
+    let mut c = connect_packet(V5, "slow", true);
+    c.properties.receive_maximum = Some(1);
+    let (mut s, _) = Raw::connect_with(b.addr, c).await;
+    s.subscribe("bp", QoS::AtLeastOnce).await;
+    let (mut publ, _) = Raw::connect(b.addr, V5, "fast", true).await;
+    let mut burst = bytes::BytesMut::new();
+    for i in 0..200u16 {
+        let p = Packet::Publish(publish("bp", &i.to_be_bytes(), QoS::AtLeastOnce, false, i + 1));
+        halyard_codec::encode(&p, V5, &mut burst).expect("encode");
+    }
+    publ.send_bytes(&burst).await;
+    let acks = tokio::spawn(async move {
+        let mut n = 0;
+        while n < 200 {
+            match publ.recv().await {
+                Some(Packet::PubAck(_)) => n += 1,
+                other => panic!("publisher expected PUBACK, got {other:?}"),
+            }
+        }
+    });
+    for i in 0..200u16 {
+        let p = s.expect_publish().await;
+        assert_eq!(&p.payload[..], &i.to_be_bytes(), "in order, nothing dropped");
+        s.ack(&p).await;
+    }
+    acks.await.expect("all 200 acknowledged");
+    assert_eq!(Metrics::get(&b.broker.metrics.dropped_queue_full), 0);
+    assert!(Metrics::get(&b.broker.metrics.backpressure_waits) > 0, "the publisher was held back");
+}

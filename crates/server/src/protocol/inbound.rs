@@ -116,7 +116,7 @@ impl Conn {
             publisher: self.client_id.clone(),
             expires_at,
         };
-        let n = self.broker.publish(Arc::new(msg));
+        let n = self.broker.publish_into(Arc::new(msg), &mut self.congested);
         if n == 0 {
             rc::NO_MATCHING_SUBSCRIBERS
         } else {

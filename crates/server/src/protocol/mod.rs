@@ -97,6 +97,9 @@ pub struct Conn {
     aliases_out: HashMap<Utf8, u16>,
     /// Scratch buffer for deliveries taken from the session queue.
     batch: Vec<halyard_core::Delivery>,
+    /// Sessions whose backlog asks this publisher to hold back; while non-empty the driver processes only
+    /// acknowledgements and pings and holds every other packet.
+    congested: Vec<Arc<SessionHandle>>,
 }
 
 /// Never more than this many deliveries are pulled from the queue per fill, so one busy session cannot starve
@@ -104,6 +107,8 @@ pub struct Conn {
 const FILL_BATCH: usize = 256;
 /// Pause pulling deliveries when this much is waiting to be written (backpressure to the queue).
 pub const OUT_HIGH_WATER: usize = 256 * 1024;
+/// An empty output buffer larger than this is given back.
+const IDLE_BUFFER: usize = 4096;
 
 impl Conn {
     pub fn new(broker: Arc<Broker>, zone: Arc<MqttConfig>, now: Instant) -> Conn {
@@ -112,7 +117,7 @@ impl Conn {
             zone,
             phase: Phase::AwaitConnect,
             version: ProtocolVersion::V4,
-            out: BytesMut::with_capacity(1024),
+            out: BytesMut::new(),
             started: now,
             last_received: now,
             keep_alive: 0,
@@ -130,7 +135,28 @@ impl Conn {
             aliases_in: HashMap::new(),
             aliases_out: HashMap::new(),
             batch: Vec::new(),
+            congested: Vec::new(),
         }
+    }
+
+    /// Drops buffers that grew under load once they are empty, so an idle connection costs little memory.
+    pub fn release_idle_buffers(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > IDLE_BUFFER {
+            self.out = BytesMut::new();
+        }
+        if self.batch.capacity() > 16 {
+            self.batch = Vec::new();
+        }
+    }
+
+    /// True while a subscriber's backlog holds this publisher back.
+    pub fn is_held_back(&self) -> bool {
+        !self.congested.is_empty()
+    }
+
+    /// The sessions to wait for, handed to the driver (which waits without borrowing the machine).
+    pub fn take_congested(&mut self) -> Vec<Arc<SessionHandle>> {
+        std::mem::take(&mut self.congested)
     }
 
     pub fn version(&self) -> ProtocolVersion {

@@ -5,7 +5,7 @@ use super::*;
 use bytes::{Bytes, BytesMut};
 use halyard_codec::{Connect, Packet, Properties, PubResp, Publish, QoS, Subscribe, SubscriptionOptions};
 use halyard_core::config::{load, Source};
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 fn broker(env: &[(&str, &str)]) -> Arc<Broker> {
     let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -30,7 +30,7 @@ async fn connected(b: &Arc<Broker>, v: ProtocolVersion, id: &str, keep_alive: u1
     let zone = Arc::new(b.config.mqtt.clone());
     let mut c = Conn::new(b.clone(), zone.clone(), t0);
     let Step::Attach(req) = c.handle(connect(v, id, keep_alive), t0) else { panic!("CONNECT accepted") };
-    let (tx, _rx) = mpsc::channel(1);
+    let (tx, _rx) = oneshot::channel();
     let a = b.attach(&req.client_id, req.clean_start, req.expiry_interval, &zone, tx).await;
     c.on_attached(req, a, t0);
     c

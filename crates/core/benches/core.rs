@@ -1,0 +1,56 @@
+//! Routing one message to 10k subscribers of one topic (fan-out): the router's per-subscriber cost.
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use halyard_codec::{QoS, SubscriptionOptions, Utf8};
+use halyard_core::config::SharedStrategy;
+use halyard_core::metrics::Metrics;
+use halyard_core::router::{Router, SubEntry};
+use halyard_core::session::SessionHandle;
+use halyard_core::Message;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn bench(c: &mut Criterion) {
+    let router = Router::default();
+    let metrics = Metrics::default();
+    let sessions: Vec<Arc<SessionHandle>> = (0..10_000u64)
+        .map(|i| Arc::new(SessionHandle::new(i + 1, Arc::from(format!("c{i}").as_str()), 1 << 20, true)))
+        .collect();
+    for s in &sessions {
+        let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() };
+        router.subscribe("fan/out", None, SubEntry { session: s.clone(), options, sub_id: None });
+    }
+    let msg = Arc::new(Message {
+        topic: Utf8::from("fan/out"),
+        payload: Bytes::from_static(&[0u8; 16]),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+        publisher: None,
+        expires_at: None,
+    });
+    let mut g = c.benchmark_group("route");
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("one message to 10k subscribers", |b| {
+        // Only `route` is timed; emptying the queues between iterations keeps them from growing.
+        let mut congested = Vec::new();
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                black_box(router.route(&msg, SharedStrategy::RoundRobin, &metrics, &mut congested));
+                congested.clear();
+                total += t.elapsed();
+                for s in &sessions {
+                    s.clear_queue();
+                }
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
