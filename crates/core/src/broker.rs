@@ -126,6 +126,8 @@ impl Broker {
                     continue;
                 }
             }
+            // Resumed within the will delay: the will is not sent [MQTT-3.1.3-9].
+            drop(handle.take_pending_will());
             let state = if created { SessionState::default() } else { handle.take_parked().unwrap_or_default() };
             handle.set_expiry_interval(expiry_interval);
             handle.set_queue_limits(zone.max_mqueue_len, zone.mqueue_store_qos0);
@@ -207,11 +209,14 @@ impl Broker {
             if delay == 0 {
                 self.publish_will(handle, w);
             } else {
+                handle.set_pending_will(w);
                 let (broker, h) = (self.clone(), handle.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-                    if h.generation() == generation && !h.is_removed() {
-                        broker.publish_will(&h, w);
+                    if h.generation() == generation {
+                        if let Some(w) = h.take_pending_will() {
+                            broker.publish_will(&h, w);
+                        }
                     }
                 });
             }
@@ -240,6 +245,10 @@ impl Broker {
     /// The session is over: it leaves the registry and the router; unfinished shared messages go to other
     /// members, everything else it held is dropped and counted.
     fn end_session(&self, handle: &Arc<SessionHandle>, state: SessionState) {
+        // A will still waiting for its delay goes now: the session is over [MQTT-3.1.3-9].
+        if let Some(w) = handle.take_pending_will() {
+            self.publish_will(handle, w);
+        }
         handle.mark_removed();
         self.registry.remove(handle);
         let mut filters: Vec<String> = state.subscriptions.keys().cloned().collect();

@@ -45,6 +45,9 @@ pub struct SessionHandle {
     /// Session Expiry Interval in seconds (0: ends with the connection).
     expiry_interval: AtomicU32,
     parked: Mutex<Option<SessionState>>,
+    /// A will waiting for its delay while the session is offline. Whatever ends the session first (the delay,
+    /// the session's expiry, a clean start) takes and publishes it; a resume cancels it.
+    pending_will: Mutex<Option<crate::broker::Will>>,
     /// How to reach the owning connection; used at most once (a takeover), hence a oneshot.
     owner: Mutex<Option<oneshot::Sender<Control>>>,
     /// Serialises connects of the same client id, so a takeover is one step even when clients race.
@@ -66,6 +69,7 @@ impl SessionHandle {
             generation: AtomicU64::new(0),
             expiry_interval: AtomicU32::new(0),
             parked: Mutex::new(None),
+            pending_will: Mutex::new(None),
             owner: Mutex::new(None),
             connect_lock: tokio::sync::Mutex::new(()),
         }
@@ -214,6 +218,14 @@ impl SessionHandle {
         // Offline sessions hold nobody back.
         self.drained.notify_waiters();
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub(crate) fn set_pending_will(&self, w: crate::broker::Will) {
+        *self.pending_will.lock() = Some(w);
+    }
+
+    pub(crate) fn take_pending_will(&self) -> Option<crate::broker::Will> {
+        self.pending_will.lock().take()
     }
 
     pub(crate) fn take_parked(&self) -> Option<SessionState> {

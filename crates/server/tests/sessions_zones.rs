@@ -101,3 +101,24 @@ async fn refusals_carry_a_reason_string_unless_the_client_declines() {
         matches!(q.recv().await, Some(Packet::PubAck(a)) if a.reason_code == rc::NOT_AUTHORIZED && a.properties.reason_string.is_none())
     );
 }
+
+#[tokio::test]
+async fn will_goes_out_when_the_session_expires_before_the_will_delay() {
+    // [MQTT-3.1.3-9] the will is sent when the will delay passes or the session ends, whichever is first:
+    // here the session (expiry 1 s) ends before the will delay (5 s). Found by Paho's test_will_delay, where both
+    // timers firing together sometimes lost the will.
+    let b = start(&[]).await;
+    let (mut watcher, _) = Raw::connect(b.addr, V5, "wx-watch", true).await;
+    watcher.subscribe("wx/#", QoS::AtMostOnce).await;
+    for round in 0..3 {
+        let mut c = connect_packet(V5, "wx", true);
+        c.properties.session_expiry_interval = Some(1);
+        let mut w = will("wx/t", format!("bye {round}").as_bytes(), QoS::AtMostOnce);
+        w.properties.will_delay_interval = Some(5);
+        c.will = Some(w);
+        let (dying, _) = Raw::connect_with(b.addr, c).await;
+        drop(dying);
+        let p = watcher.expect_publish().await;
+        assert_eq!(&p.payload[..], format!("bye {round}").as_bytes());
+    }
+}
