@@ -22,6 +22,7 @@ fn bench(c: &mut Criterion) {
         router.subscribe("fan/out", None, SubEntry { session: s.clone(), options, sub_id: None });
     }
     let msg = Arc::new(Message {
+        id: 0,
         topic: Utf8::from("fan/out"),
         payload: Bytes::from_static(&[0u8; 16]),
         qos: QoS::AtLeastOnce,
@@ -35,11 +36,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("one message to 10k subscribers", |b| {
         // Only `route` is timed; emptying the queues between iterations keeps them from growing.
         let mut congested = Vec::new();
+        let mut ops = Vec::new();
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let t = Instant::now();
-                black_box(router.route(&msg, SharedStrategy::RoundRobin, &metrics, &mut congested));
+                black_box(router.route(&msg, SharedStrategy::RoundRobin, &metrics, &mut congested, &mut ops));
                 congested.clear();
                 total += t.elapsed();
                 for s in &sessions {

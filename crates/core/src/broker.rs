@@ -4,12 +4,15 @@
 use crate::config::{Config, MqttConfig, SharedStrategy};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
+use crate::persist::{self, SessionRecord};
 use crate::registry::Registry;
 use crate::retainer::Retainer;
 use crate::router::{Router, SubEntry};
 use crate::session::{Control, SessionHandle, SessionState, Stage};
 use bytes::Bytes;
 use halyard_codec::{Properties, QoS, SubscriptionOptions, Utf8};
+use halyard_store::{MemoryStore, Op, Store, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -17,13 +20,24 @@ use tokio::sync::oneshot;
 /// How long a new connection waits for the old owner of its session to hand it over.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug)]
 pub struct Broker {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub router: Router,
     pub retainer: Retainer,
     pub metrics: Metrics,
+    /// Where persistent sessions, their queues and retained messages are kept (in memory when durability is off).
+    pub store: Arc<dyn Store>,
+    next_message_id: AtomicU64,
+}
+
+/// The outcome of routing one client PUBLISH.
+#[derive(Debug)]
+pub struct Published {
+    /// Sessions the message went to.
+    pub matched: usize,
+    /// The store ticket to wait for before acknowledging (0: nothing was stored), or why it cannot be stored.
+    pub ticket: Result<u64, StoreError>,
 }
 
 /// A will message waiting for its connection to end [MQTT-3.1.2-8].
@@ -58,15 +72,76 @@ pub enum DetachReason {
     TakenOver { resume: bool },
 }
 
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("sessions", &self.registry.len()).finish_non_exhaustive()
+    }
+}
+
 impl Broker {
+    /// A broker whose state lives in memory only (tests, benchmarks, `durable_sessions.enable = false`).
+    /// `Broker::open` is what `halyard start` uses.
     pub fn new(config: Config) -> Arc<Broker> {
+        Broker::with_store(config, Arc::new(MemoryStore::new()), 1)
+    }
+
+    pub(crate) fn with_store(config: Config, store: Arc<dyn Store>, next_message_id: u64) -> Arc<Broker> {
         Arc::new(Broker {
             config: Arc::new(config),
             registry: Registry::default(),
             router: Router::default(),
             retainer: Retainer::default(),
             metrics: Metrics::default(),
+            store,
+            next_message_id: AtomicU64::new(next_message_id.max(1)),
         })
+    }
+
+    /// A fresh id for a message that may be stored.
+    pub fn new_message_id(&self) -> u64 {
+        self.next_message_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Submits store operations (none: ticket 0, nothing to wait for).
+    pub fn submit(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        self.store.submit(ops)
+    }
+
+    /// Submits operations nobody waits for; a failure is logged (the store refuses new work from then on).
+    fn submit_logged(&self, ops: Vec<Op>) {
+        if let Err(e) = self.submit(ops) {
+            tracing::error!(error = %e, "cannot write to the store");
+        }
+    }
+
+    /// The store record of a session as it is now.
+    pub fn session_record(
+        &self,
+        handle: &SessionHandle,
+        state: &SessionState,
+        will: Option<&Will>,
+        offline: bool,
+    ) -> Op {
+        let rec = SessionRecord {
+            expiry_interval: handle.expiry_interval(),
+            disconnected_at_ms: if offline { persist::unix_ms_now() } else { 0 },
+            subscriptions: state.subscriptions.clone(),
+            will: will.map(Into::into),
+            awaiting_rel: Vec::new(),
+        };
+        handle.mark_stored();
+        Op::PutSession { client: handle.client_id.clone(), data: persist::encode_session(&rec) }
+    }
+
+    /// Stores the session's subscriptions after SUBSCRIBE/UNSUBSCRIBE (persistent sessions only).
+    pub fn persist_subscriptions(&self, handle: &SessionHandle, state: &SessionState) {
+        if handle.is_persistent() {
+            let op = self.session_record(handle, state, None, false);
+            self.submit_logged(vec![op]);
+        }
     }
 
     fn strategy(&self) -> SharedStrategy {
@@ -75,16 +150,40 @@ impl Broker {
 
     /// Stores a retained message (when retain is available) and routes `msg` to its subscribers.
     pub fn publish(&self, msg: Arc<Message>) -> usize {
-        self.publish_into(msg, &mut Vec::new())
+        let p = self.publish_into(msg, &mut Vec::new());
+        if let Err(e) = &p.ticket {
+            tracing::error!(error = %e, "cannot store a message");
+        }
+        p.matched
     }
 
     /// `publish` for a client's PUBLISH: sessions whose backlog asks the publisher to hold back are appended to
-    /// `congested`.
-    pub fn publish_into(&self, msg: Arc<Message>, congested: &mut Vec<Arc<SessionHandle>>) -> usize {
-        if msg.retain && self.config.mqtt.retain_available {
+    /// `congested`. The message is stored once for all persistent sessions it is queued for (and as the retained
+    /// message of its topic) in one store submission, whose ticket the acknowledgement waits for.
+    pub fn publish_into(&self, msg: Arc<Message>, congested: &mut Vec<Arc<SessionHandle>>) -> Published {
+        let retained = msg.retain && self.config.mqtt.retain_available;
+        if retained {
             self.retainer.store(&msg);
         }
-        self.router.route(&msg, self.strategy(), &self.metrics, congested)
+        let mut ops = Vec::new();
+        let matched = self.router.route(&msg, self.strategy(), &self.metrics, congested, &mut ops);
+        let mut blob = None;
+        if !ops.is_empty() {
+            let b = persist::encode_message(&msg);
+            // First in the batch: the store keeps a message only while queue entries refer to it.
+            ops.insert(0, Op::PutMessage { id: msg.id, data: b.clone() });
+            blob = Some(b);
+        }
+        if retained {
+            let topic: Arc<str> = Arc::from(msg.topic.as_str());
+            if msg.payload.is_empty() {
+                ops.push(Op::DeleteRetained { topic });
+            } else {
+                let data = blob.unwrap_or_else(|| persist::encode_message(&msg));
+                ops.push(Op::PutRetained { topic, data });
+            }
+        }
+        Published { matched, ticket: self.submit(ops) }
     }
 
     /// Gives the session for `client_id` to a new connection whose control channel is `control`. An existing
@@ -131,6 +230,10 @@ impl Broker {
             let state = if created { SessionState::default() } else { handle.take_parked().unwrap_or_default() };
             handle.set_expiry_interval(expiry_interval);
             handle.set_queue_limits(zone.max_mqueue_len, zone.mqueue_store_qos0);
+            if expiry_interval > 0 {
+                let op = self.session_record(&handle, &state, None, false);
+                self.submit_logged(vec![op]);
+            }
             handle.attach(control);
             return Attached { handle: handle.clone(), state, present: !created };
         }
@@ -186,33 +289,55 @@ impl Broker {
         // Offline: shared-subscription messages this member has not finished go to another member. Only QoS 1
         // ones: a QoS 2 delivery that started must be completed to this member when it reconnects
         // [MQTT-4.8.2-4]. Queued messages it never saw may go to anyone.
+        let mut ops = Vec::new();
         let mut kept = std::collections::VecDeque::with_capacity(state.inflight.len());
         for e in state.inflight.drain(..) {
             if e.delivery.shared.is_some() && e.stage == Stage::AwaitPubAck {
-                if let Err(e) = self.redispatch_or_keep(handle, e.delivery.clone()).map(|_| ()).map_err(|_| e) {
-                    kept.push_back(e);
+                let seq = e.delivery.seq;
+                if self.redispatch_or_keep(handle, e.delivery.clone(), &mut ops).is_ok() {
+                    self.forget_entry(handle, seq, &mut ops);
+                    continue;
                 }
-            } else {
-                kept.push_back(e);
             }
+            kept.push_back(e);
         }
         state.inflight = kept;
         for d in handle.take_shared_queued() {
-            if let Err(d) = self.redispatch_or_keep(handle, d) {
+            let seq = d.seq;
+            match self.redispatch_or_keep(handle, d, &mut ops) {
+                Ok(()) => self.forget_entry(handle, seq, &mut ops),
                 // Back into its own (now offline) queue: offline sessions hold nobody back.
-                let _ = handle.push(d, &self.metrics);
+                Err(d) => {
+                    let _ = handle.push(d, &self.metrics, &mut ops);
+                }
             }
         }
+        ops.push(self.session_record(handle, &state, will.as_ref(), true));
+        self.submit_logged(ops);
         let generation = handle.detach(Some(state));
+        let expiry_ms = u64::from(expiry) * 1000;
+        self.schedule_offline(handle, generation, will, expiry_ms, expiry_ms);
+    }
+
+    /// Timers of an offline session: its will after `min(will delay, expiry)`, its end after the expiry.
+    /// Both are tagged with the session's generation, so a reconnect makes them inert.
+    pub(crate) fn schedule_offline(
+        self: &Arc<Self>,
+        handle: &Arc<SessionHandle>,
+        generation: u64,
+        will: Option<Will>,
+        will_cap_ms: u64,
+        expiry_ms: u64,
+    ) {
         if let Some(w) = will {
-            let delay = w.delay.min(expiry);
-            if delay == 0 {
+            let delay_ms = (u64::from(w.delay) * 1000).min(will_cap_ms);
+            if delay_ms == 0 {
                 self.publish_will(handle, w);
             } else {
                 handle.set_pending_will(w);
                 let (broker, h) = (self.clone(), handle.clone());
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                     if h.generation() == generation {
                         if let Some(w) = h.take_pending_will() {
                             broker.publish_will(&h, w);
@@ -223,7 +348,7 @@ impl Broker {
         }
         let (broker, h) = (self.clone(), handle.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+            tokio::time::sleep(Duration::from_millis(expiry_ms)).await;
             let _serial = h.connect_lock.lock().await;
             if h.generation() == generation && !h.is_removed() {
                 Metrics::inc(&broker.metrics.sessions_expired);
@@ -234,8 +359,15 @@ impl Broker {
         });
     }
 
-    fn redispatch_or_keep(&self, handle: &SessionHandle, d: Delivery) -> Result<(), Delivery> {
-        if self.router.redispatch(d.clone(), handle.id, self.strategy(), &self.metrics) {
+    /// Removes a stored queue entry that moved elsewhere or finished.
+    fn forget_entry(&self, handle: &SessionHandle, seq: u64, ops: &mut Vec<Op>) {
+        if seq != 0 {
+            ops.push(Op::Dequeue { client: handle.client_id.clone(), seq });
+        }
+    }
+
+    fn redispatch_or_keep(&self, handle: &SessionHandle, d: Delivery, ops: &mut Vec<Op>) -> Result<(), Delivery> {
+        if self.router.redispatch(d.clone(), handle.id, self.strategy(), &self.metrics, ops) {
             Ok(())
         } else {
             Err(d)
@@ -269,19 +401,30 @@ impl Broker {
         for _ in started_qos2 {
             Metrics::inc(&self.metrics.dropped_session_ended);
         }
+        let mut ops = Vec::new();
         for d in redispatchable.into_iter().map(|e| e.delivery).chain(handle.clear_queue()) {
-            if d.shared.is_some() && self.redispatch_or_keep(handle, d).is_ok() {
+            if d.shared.is_some() && self.redispatch_or_keep(handle, d, &mut ops).is_ok() {
                 continue;
             }
             Metrics::inc(&self.metrics.dropped_session_ended);
         }
+        // After the redispatches in the same batch: their new entries keep the shared messages alive.
+        if handle.was_stored() {
+            ops.push(Op::DeleteSession { client: handle.client_id.clone() });
+        }
+        self.submit_logged(ops);
     }
 
     fn publish_will(&self, handle: &SessionHandle, w: Will) {
         Metrics::inc(&self.metrics.wills_published);
         tracing::debug!(client_id = %handle.client_id, topic = %w.topic, "publishing will message");
+        self.publish(self.will_message(handle, w));
+    }
+
+    pub(crate) fn will_message(&self, handle: &SessionHandle, w: Will) -> Arc<Message> {
         let now = Instant::now();
-        let msg = Message {
+        Arc::new(Message {
+            id: self.new_message_id(),
             topic: w.topic,
             payload: w.payload,
             qos: w.qos,
@@ -289,7 +432,6 @@ impl Broker {
             properties: w.properties,
             publisher: Some(handle.client_id.clone()),
             expires_at: w.message_expiry.map(|s| now + Duration::from_secs(u64::from(s))),
-        };
-        self.publish(Arc::new(msg));
+        })
     }
 }

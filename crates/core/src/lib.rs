@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod durable;
 pub mod message;
 pub mod metrics;
 pub mod persist;

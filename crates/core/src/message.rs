@@ -8,6 +8,8 @@ use std::time::Instant;
 /// A published application message, shared by every session it goes to (the payload is never copied).
 #[derive(Debug)]
 pub struct Message {
+    /// The id under which the store keeps it (from `Broker::new_message_id`); 0 for messages never stored.
+    pub id: u64,
     pub topic: Utf8,
     pub payload: Bytes,
     pub qos: QoS,
@@ -58,4 +60,7 @@ pub struct Delivery {
     /// Subscription identifiers of every matching subscription of the session [MQTT-3.3.4-3].
     pub sub_ids: Vec<u32>,
     pub shared: Option<Arc<SharedOrigin>>,
+    /// Position in the session's durable queue; 0 when the delivery is not stored (QoS 0, or a session that
+    /// ends with its connection).
+    pub seq: u64,
 }

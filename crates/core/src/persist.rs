@@ -156,13 +156,14 @@ pub fn encode_message(m: &Message) -> Bytes {
     w.done()
 }
 
-pub fn decode_message(b: Bytes) -> Result<Message, Corrupt> {
+pub fn decode_message(id: u64, b: Bytes) -> Result<Message, Corrupt> {
     let what = "message";
     let mut r = R::new(b, what)?;
     let expires = r.u64()?;
     let publisher = r.utf8()?;
     let p = publish_from(r.bytes()?, what)?;
     Ok(Message {
+        id,
         topic: p.topic,
         payload: p.payload,
         qos: p.qos,
@@ -316,6 +317,25 @@ pub struct EntryMeta {
     pub shared: Option<Arc<SharedOrigin>>,
 }
 
+impl EntryMeta {
+    /// The state of a delivery that is queued, not sent yet.
+    pub fn queued(d: &crate::message::Delivery) -> EntryMeta {
+        EntryMeta {
+            qos: d.qos,
+            retain: d.retain,
+            packet_id: 0,
+            stage: None,
+            sub_ids: d.sub_ids.clone(),
+            shared: d.shared.clone(),
+        }
+    }
+
+    /// The state of a delivery sent with `packet_id`, now at `stage`.
+    pub fn sent(d: &crate::message::Delivery, packet_id: u16, stage: Stage) -> EntryMeta {
+        EntryMeta { packet_id, stage: Some(stage), ..EntryMeta::queued(d) }
+    }
+}
+
 pub fn encode_meta(m: &EntryMeta) -> Bytes {
     let mut w = W::new();
     let stage = match m.stage {
@@ -379,6 +399,7 @@ mod tests {
             ..Default::default()
         };
         let m = Message {
+            id: 5,
             topic: Utf8::from("a/b"),
             payload: Bytes::from_static(b"payload"),
             qos: QoS::ExactlyOnce,
@@ -387,7 +408,7 @@ mod tests {
             publisher: Some(Arc::from("pub-1")),
             expires_at: Some(Instant::now() + Duration::from_secs(100)),
         };
-        let back = decode_message(encode_message(&m)).expect("decodes");
+        let back = decode_message(5, encode_message(&m)).expect("decodes");
         assert_eq!(
             (back.topic.as_str(), &back.payload[..], back.qos, back.retain),
             ("a/b", &b"payload"[..], QoS::ExactlyOnce, true)
@@ -439,7 +460,7 @@ mod tests {
     fn damaged_records_are_errors_not_panics() {
         for len in 0..40 {
             let junk = Bytes::from(vec![1u8; len]);
-            let _ = decode_message(junk.clone());
+            let _ = decode_message(1, junk.clone());
             let _ = decode_session(junk.clone());
             let _ = decode_meta(junk);
         }

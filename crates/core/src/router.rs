@@ -80,6 +80,7 @@ impl Router {
         strategy: SharedStrategy,
         metrics: &Metrics,
         congested: &mut Vec<Arc<SessionHandle>>,
+        ops: &mut Vec<halyard_store::Op>,
     ) -> usize {
         let topic = msg.topic.as_str();
         let mut targets: Vec<(SubEntry, QoS, bool, Vec<u32>)> = Vec::new();
@@ -112,14 +113,14 @@ impl Router {
         });
         let n = targets.len() + picked.len();
         for (e, qos, rap, sub_ids) in targets {
-            if e.session.push(delivery(msg, qos, rap, sub_ids, None), metrics) {
+            if e.session.push(delivery(msg, qos, rap, sub_ids, None), metrics, ops) {
                 congested.push(e.session);
             }
         }
         for (e, origin) in picked {
             let sub_ids = e.sub_id.into_iter().collect();
             let d = delivery(msg, e.options.qos, e.options.retain_as_published, sub_ids, Some(origin));
-            if e.session.push(d, metrics) {
+            if e.session.push(d, metrics, ops) {
                 congested.push(e.session);
             }
         }
@@ -131,7 +132,15 @@ impl Router {
 
     /// Gives a shared-subscription delivery to another member of its group. Returns false when no other member
     /// exists (the caller decides what becomes of it).
-    pub fn redispatch(&self, d: Delivery, leaving: SessionId, strategy: SharedStrategy, metrics: &Metrics) -> bool {
+    /// A stored delivery gets a new entry in the new member's queue (`ops`); the caller removes the old one.
+    pub fn redispatch(
+        &self,
+        d: Delivery,
+        leaving: SessionId,
+        strategy: SharedStrategy,
+        metrics: &Metrics,
+        ops: &mut Vec<halyard_store::Op>,
+    ) -> bool {
         let Some(origin) = d.shared.clone() else { return false };
         let target = {
             let shared = self.shared.read();
@@ -148,7 +157,7 @@ impl Router {
                     e.sub_id.into_iter().collect(),
                     Some(origin),
                 );
-                let _ = e.session.push(redelivered, metrics);
+                let _ = e.session.push(redelivered, metrics, ops);
                 Metrics::inc(&metrics.shared_redispatched);
                 true
             }
@@ -168,5 +177,5 @@ fn delivery(
     sub_ids: Vec<u32>,
     shared: Option<Arc<SharedOrigin>>,
 ) -> Delivery {
-    Delivery { msg: msg.clone(), qos: msg.qos.min(granted), retain: rap && msg.retain, sub_ids, shared }
+    Delivery { msg: msg.clone(), qos: msg.qos.min(granted), retain: rap && msg.retain, sub_ids, shared, seq: 0 }
 }

@@ -8,6 +8,7 @@
 use crate::message::Delivery;
 use crate::metrics::Metrics;
 use halyard_codec::{QoS, SubscriptionOptions};
+use halyard_store::Op;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -42,8 +43,13 @@ pub struct SessionHandle {
     removed: AtomicBool,
     /// Bumped at every change of owner, so a timer set for one offline period cannot act in the next.
     generation: AtomicU64,
-    /// Session Expiry Interval in seconds (0: ends with the connection).
+    /// Session Expiry Interval in seconds (0: ends with the connection). Sessions with an expiry are persistent:
+    /// their QoS 1/2 deliveries are kept in the store.
     expiry_interval: AtomicU32,
+    /// Next position in the durable queue (positions start at 1; 0 means "not stored").
+    next_seq: AtomicU64,
+    /// Whether a record of this session was ever written to the store (so its end must delete it).
+    stored: AtomicBool,
     parked: Mutex<Option<SessionState>>,
     /// A will waiting for its delay while the session is offline. Whatever ends the session first (the delay,
     /// the session's expiry, a clean start) takes and publishes it; a resume cancels it.
@@ -68,6 +74,8 @@ impl SessionHandle {
             removed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             expiry_interval: AtomicU32::new(0),
+            next_seq: AtomicU64::new(1),
+            stored: AtomicBool::new(false),
             parked: Mutex::new(None),
             pending_will: Mutex::new(None),
             owner: Mutex::new(None),
@@ -79,7 +87,10 @@ impl SessionHandle {
     /// Returns true when the publisher should hold back: the session is online, the delivery is QoS 1/2 and
     /// the queue is past its high-water mark. Offline sessions never hold publishers back (their mqueue drops
     /// the oldest instead), and neither does QoS 0.
-    pub fn push(&self, d: Delivery, metrics: &Metrics) -> bool {
+    ///
+    /// For a persistent session a QoS 1/2 delivery of a stored message (`msg.id != 0`) gets its queue position
+    /// and an `Enqueue` in `ops`; dropping a stored entry adds its `Dequeue`. The caller submits `ops`.
+    pub fn push(&self, mut d: Delivery, metrics: &Metrics, ops: &mut Vec<Op>) -> bool {
         let online = self.is_online();
         if d.qos == QoS::AtMostOnce && !online && !self.store_qos0.load(Ordering::Relaxed) {
             Metrics::inc(&metrics.dropped_qos0_offline);
@@ -90,8 +101,21 @@ impl SessionHandle {
         let holds_back = online && d.qos != QoS::AtMostOnce;
         let congested = {
             let mut q = self.queue.lock();
+            // Under the queue lock, so queue order and store order agree.
+            if d.seq == 0 && d.qos != QoS::AtMostOnce && d.msg.id != 0 && self.is_persistent() {
+                d.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                ops.push(Op::Enqueue {
+                    client: self.client_id.clone(),
+                    seq: d.seq,
+                    msg: d.msg.id,
+                    meta: crate::persist::encode_meta(&crate::persist::EntryMeta::queued(&d)),
+                });
+            }
             if q.len() >= max {
                 if let Some(old) = q.pop_front() {
+                    if old.seq != 0 {
+                        ops.push(Op::Dequeue { client: self.client_id.clone(), seq: old.seq });
+                    }
                     Metrics::inc(&metrics.dropped_queue_full);
                     tracing::debug!(client_id = %self.client_id, topic = %old.msg.topic, max, "mqueue full: oldest message dropped");
                 }
@@ -183,6 +207,32 @@ impl SessionHandle {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_stored(&self) {
+        self.stored.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn was_stored(&self) -> bool {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.expiry_interval() > 0
+    }
+
+    /// Restores the queue position counter (start-up).
+    pub(crate) fn set_next_seq(&self, next: u64) {
+        self.next_seq.store(next.max(1), Ordering::Relaxed);
+    }
+
+    /// Puts a restored delivery back in the queue without touching the store (start-up).
+    pub(crate) fn restore_queued(&self, d: Delivery) {
+        self.queue.lock().push_back(d);
+    }
+
+    pub(crate) fn set_parked(&self, state: SessionState) {
+        *self.parked.lock() = Some(state);
     }
 
     pub fn expiry_interval(&self) -> u32 {

@@ -24,6 +24,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Operations on a stopped broker's files.
+    Ctl {
+        #[command(subcommand)]
+        what: Ctl,
+    },
     /// Load and check the configuration, print the effective listeners and zones, and exit.
     CheckConfig {
         #[arg(long, short)]
@@ -31,6 +36,29 @@ enum Command {
     },
     /// Load generator: conn, pub, sub, fanin, fanout, pairs (see `halyard bench --help`)
     Bench(halyard_bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum Ctl {
+    /// The durable store in the data directory (stop the broker first: the file is locked while it runs).
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Read every record and check that queue entries and message reference counts agree.
+    Check {
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Let redb repair the file, then fix reference counts and drop entries whose message is gone.
+    Repair {
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +84,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(start(cfg))
         }
+        Command::Ctl { what: Ctl::Store { action } } => match action {
+            StoreAction::Check { data_dir } => {
+                let report = halyard_store::check(&data_dir).context("store check failed")?;
+                println!("{report}");
+                Ok(())
+            }
+            StoreAction::Repair { data_dir } => {
+                let report = halyard_store::repair(&data_dir).context("store repair failed")?;
+                println!("{report}");
+                Ok(())
+            }
+        },
         Command::CheckConfig { config } => {
             let cfg = config::load(&Source::from_process(config))?;
             for (name, l) in &cfg.listeners.tcp {
@@ -72,12 +112,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn start(cfg: config::Config) -> anyhow::Result<()> {
-    let broker = Broker::new(cfg);
+    let data_dir = cfg.node.data_dir.clone();
+    // Stored sessions are routable before any listener accepts a connection.
+    let broker = Broker::open(cfg).with_context(|| format!("cannot open the store in {data_dir}"))?;
     let server = halyard_server::start(broker.clone()).await.context("cannot start listeners")?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "halyard started");
     wait_for_signal().await?;
     tracing::info!("shutting down");
     server.shutdown().await;
+    broker.store.flush().context("cannot flush the store")?;
     Ok(())
 }
 

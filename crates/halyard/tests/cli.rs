@@ -220,6 +220,7 @@ fn bind_failure_names_the_listener() {
     let out = Command::new(BIN)
         .arg("start")
         .env("HALYARD_LISTENERS__TCP__DEFAULT__BIND", &addr)
+        .env("HALYARD_NODE__DATA_DIR", std::env::temp_dir().join(format!("halyard-bind-{}", std::process::id())))
         .output()
         .expect("run halyard");
     assert!(!out.status.success());

@@ -49,6 +49,7 @@ async fn drive(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, mu
     let mut control_open = true;
     let mut control_tx = Some(control_tx);
     let mut hold = Hold::default();
+    let mut commits = broker.store.commits();
     // One timer for the connection's life. It may fire early (on_tick re-checks the real deadlines and re-arms
     // it), so it is only ever pulled earlier here: received packets push deadlines later and cost nothing.
     let mut deadline = conn.next_deadline(Instant::now());
@@ -104,16 +105,32 @@ async fn drive(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, mu
                 if rbuf.is_empty() {
                     rbuf = BytesMut::new();
                 }
+                conn.release_acks(0);
                 conn.fill(Instant::now());
+                conn.submit_ops();
+            }
+            r = commits.changed(), if conn.has_pending_acks() => {
+                if r.is_err() {
+                    // The store failed: what waits for it will never be acknowledged.
+                    break Close::error(rc::QUOTA_EXCEEDED, "the store cannot take messages");
+                }
+                // The value the watch delivered, not `committed()`: the store updates the watch first.
+                let seen = *commits.borrow_and_update();
+                conn.release_acks(seen);
             }
             _ = drained(&hold.waiting_on, &broker.metrics), if !hold.waiting_on.is_empty() => {
                 hold.waiting_on.clear();
                 if let Some(c) = release(&mut conn, &mut hold, &broker, &zone, &mut control_tx).await {
                     break c;
                 }
+                conn.release_acks(0);
                 conn.fill(Instant::now());
+                conn.submit_ops();
             }
-            _ = notified(session.as_deref()), if want_fill => conn.fill(Instant::now()),
+            _ = notified(session.as_deref()), if want_fill => {
+                conn.fill(Instant::now());
+                conn.submit_ops();
+            }
             _ = &mut timer => {
                 if let Err(c) = conn.on_tick(Instant::now()) {
                     break c;

@@ -25,6 +25,32 @@ pub struct Config {
     #[serde(skip)]
     pub zones: BTreeMap<String, MqttConfig>,
     pub listeners: ListenersConfig,
+    pub durable_sessions: DurableConfig,
+}
+
+/// `durable_sessions.*`: whether persistent sessions and retained messages survive restarts and crashes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurableConfig {
+    /// On (default): an embedded store in `node.data_dir`. Off: everything in memory, lost on restart.
+    pub enable: bool,
+    /// `batch` (default): one fsync per group commit, and a QoS 1/2 publish is acknowledged only after it.
+    /// `off`: no fsync per commit (at most one a second): faster, but a power cut can lose acknowledged messages
+    /// (a crash of the broker process alone cannot).
+    pub fsync: FsyncMode,
+}
+
+impl Default for DurableConfig {
+    fn default() -> Self {
+        DurableConfig { enable: true, fsync: FsyncMode::Batch }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    Batch,
+    Off,
 }
 
 impl Default for Config {
@@ -37,6 +63,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             zones,
             listeners: ListenersConfig::default(),
+            durable_sessions: DurableConfig::default(),
         }
     }
 }

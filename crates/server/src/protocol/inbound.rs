@@ -41,16 +41,18 @@ impl Conn {
         match p.qos {
             QoS::AtMostOnce => {
                 if refusal.is_none() {
-                    self.route(p, now);
+                    self.route(p, now)?;
                 }
             }
             QoS::AtLeastOnce => {
                 let pid = p.packet_id.unwrap_or(0);
-                let (code, why) = match refusal {
-                    Some(r) => r,
-                    None => (self.route(p, now), ""),
-                };
-                self.send_ack(Packet::PubAck, pid, code, why);
+                match refusal {
+                    Some((code, why)) => self.send_ack(Packet::PubAck, pid, code, why),
+                    None => {
+                        let (code, ticket) = self.route(p, now)?;
+                        self.ack_when_stored(Packet::PubAck, pid, code, ticket);
+                    }
+                }
             }
             QoS::ExactlyOnce => {
                 let pid = p.packet_id.unwrap_or(0);
@@ -72,9 +74,9 @@ impl Conn {
                     tracing::debug!(packet_id = pid, "max_awaiting_rel reached: QoS 2 message dropped");
                     return Ok(());
                 }
-                let code = self.route(p, now);
+                let (code, ticket) = self.route(p, now)?;
                 self.state.awaiting_rel.insert(pid, now);
-                self.send_ack(Packet::PubRec, pid, code, "");
+                self.ack_when_stored(Packet::PubRec, pid, code, ticket);
             }
         }
         Ok(())
@@ -102,12 +104,16 @@ impl Conn {
         Ok(())
     }
 
-    /// Routes the message; returns the v5 reason code for the acknowledgement.
-    fn route(&mut self, p: Publish, now: Instant) -> u8 {
+    /// Routes the message; returns the v5 reason code for the acknowledgement and the store ticket it must
+    /// wait for. A store that refuses new work (disk full) gets QoS 1/2 refused: 0x97 for v5 [MQTT-4.13],
+    /// a disconnect for v3, which has no way to say no.
+    fn route(&mut self, p: Publish, now: Instant) -> Result<(u8, u64), Close> {
+        let qos = p.qos;
         let mut props = p.properties;
         let expires_at = props.message_expiry_interval.take().map(|s| now + Duration::from_secs(u64::from(s)));
         props.subscription_identifiers.clear();
         let msg = Message {
+            id: self.broker.new_message_id(),
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
@@ -116,12 +122,20 @@ impl Conn {
             publisher: self.client_id.clone(),
             expires_at,
         };
-        let n = self.broker.publish_into(Arc::new(msg), &mut self.congested);
-        if n == 0 {
-            rc::NO_MATCHING_SUBSCRIBERS
-        } else {
-            rc::SUCCESS
-        }
+        let published = self.broker.publish_into(Arc::new(msg), &mut self.congested);
+        let ticket = match published.ticket {
+            Ok(t) => t,
+            Err(e) if qos != QoS::AtMostOnce => {
+                tracing::warn!(error = %e, "store refuses new work: QoS {} publish refused", qos as u8);
+                if !self.version.is_v5() {
+                    return Err(Close::error(rc::QUOTA_EXCEEDED, "the store cannot take messages"));
+                }
+                return Ok((rc::QUOTA_EXCEEDED, 0));
+            }
+            Err(_) => 0,
+        };
+        let code = if published.matched == 0 { rc::NO_MATCHING_SUBSCRIBERS } else { rc::SUCCESS };
+        Ok((code, ticket))
     }
 
     pub(super) fn on_pubrel(&mut self, a: PubResp) -> Result<(), Close> {
@@ -136,6 +150,37 @@ impl Conn {
 
     /// PUBACK / PUBREC / PUBCOMP with a reason code (v5) and, for failures, a reason string.
     pub(super) fn send_ack(&mut self, kind: fn(PubResp) -> Packet, packet_id: u16, code: u8, why: &str) {
+        let p = self.ack_packet(kind, packet_id, code, why);
+        self.send_trimmed(p);
+    }
+
+    /// The acknowledgement of a stored publish goes out once the store has committed `ticket` (the message is
+    /// then safe in every persistent session's queue), and after every acknowledgement queued before it.
+    fn ack_when_stored(&mut self, kind: fn(PubResp) -> Packet, packet_id: u16, code: u8, ticket: u64) {
+        let p = self.ack_packet(kind, packet_id, code, "");
+        if self.pending_acks.is_empty() && ticket <= self.broker.store.committed() {
+            self.send_trimmed(p);
+        } else {
+            self.pending_acks.push_back((ticket, p));
+        }
+    }
+
+    /// Sends the waiting acknowledgements whose tickets are committed, in order. `seen` is a commit the
+    /// caller learnt of another way (the store's watch channel, which is updated before `committed()`).
+    pub fn release_acks(&mut self, seen: u64) {
+        let committed = self.broker.store.committed().max(seen);
+        while self.pending_acks.front().is_some_and(|(t, _)| *t <= committed) {
+            if let Some((_, p)) = self.pending_acks.pop_front() {
+                self.send_trimmed(p);
+            }
+        }
+    }
+
+    pub fn has_pending_acks(&self) -> bool {
+        !self.pending_acks.is_empty()
+    }
+
+    fn ack_packet(&self, kind: fn(PubResp) -> Packet, packet_id: u16, code: u8, why: &str) -> Packet {
         let mut r = PubResp::new(packet_id);
         if self.version.is_v5() {
             r.reason_code = code;
@@ -143,6 +188,6 @@ impl Conn {
                 r.properties.reason_string = self.reason_string(why);
             }
         }
-        self.send_trimmed(kind(r));
+        kind(r)
     }
 }

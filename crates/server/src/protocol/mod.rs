@@ -100,6 +100,10 @@ pub struct Conn {
     /// Sessions whose backlog asks this publisher to hold back; while non-empty the driver processes only
     /// acknowledgements and pings and holds every other packet.
     congested: Vec<Arc<SessionHandle>>,
+    /// Acknowledgements waiting for their store ticket to commit, in the order they must go out.
+    pending_acks: std::collections::VecDeque<(u64, Packet)>,
+    /// Store operations gathered while handling packets and deliveries; the driver submits them in one go.
+    ops: Vec<halyard_store::Op>,
 }
 
 /// Never more than this many deliveries are pulled from the queue per fill, so one busy session cannot starve
@@ -136,6 +140,18 @@ impl Conn {
             aliases_out: HashMap::new(),
             batch: Vec::new(),
             congested: Vec::new(),
+            pending_acks: std::collections::VecDeque::new(),
+            ops: Vec::new(),
+        }
+    }
+
+    /// Submits the store operations gathered since the last call (delivery progress of persistent sessions;
+    /// nobody waits for these).
+    pub fn submit_ops(&mut self) {
+        if !self.ops.is_empty() {
+            if let Err(e) = self.broker.submit(std::mem::take(&mut self.ops)) {
+                tracing::error!(error = %e, "cannot record delivery progress in the store");
+            }
         }
     }
 
@@ -254,6 +270,7 @@ impl Conn {
         if matches!(self.phase, Phase::Closed) {
             return;
         }
+        self.submit_ops();
         let was_connected = matches!(self.phase, Phase::Connected);
         self.phase = Phase::Closed;
         if was_connected && self.version.is_v5() {

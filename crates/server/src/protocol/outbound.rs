@@ -6,8 +6,10 @@ use super::{Close, Conn, FILL_BATCH, OUT_HIGH_WATER};
 use halyard_codec::reason::rc;
 use halyard_codec::{Packet, Properties, ProtocolVersion, PubResp, Publish, QoS, Utf8};
 use halyard_core::metrics::Metrics;
+use halyard_core::persist::{encode_meta, EntryMeta};
 use halyard_core::session::{InflightEntry, Stage};
 use halyard_core::Delivery;
+use halyard_store::Op;
 use std::time::Instant;
 
 impl Conn {
@@ -61,6 +63,7 @@ impl Conn {
         }
         if let Some(packet_id) = packet_id {
             let stage = if d.qos == QoS::AtLeastOnce { Stage::AwaitPubAck } else { Stage::AwaitPubRec };
+            self.record_progress(&d, packet_id, stage);
             self.state.inflight.push_back(InflightEntry { packet_id, delivery: d, stage, sent_at: now });
         }
     }
@@ -114,10 +117,32 @@ impl Conn {
         }
     }
 
+    /// A stored delivery remembers its packet id and stage, so that after a restart it is resent as the same
+    /// packet (DUP) or continued with PUBREL.
+    fn record_progress(&mut self, d: &Delivery, packet_id: u16, stage: Stage) {
+        if d.seq != 0 {
+            if let Some(s) = &self.session {
+                let meta = encode_meta(&EntryMeta::sent(d, packet_id, stage));
+                self.ops.push(Op::UpdateEntry { client: s.client_id.clone(), seq: d.seq, meta });
+            }
+        }
+    }
+
+    /// The delivery is complete: its stored entry goes.
+    fn finished(&mut self, d: &Delivery) {
+        if d.seq != 0 {
+            if let Some(s) = &self.session {
+                self.ops.push(Op::Dequeue { client: s.client_id.clone(), seq: d.seq });
+            }
+        }
+    }
+
     pub(super) fn on_puback(&mut self, a: PubResp) -> Result<(), Close> {
         if let Some(i) = self.state.inflight_position(a.packet_id) {
             if self.state.inflight[i].stage == Stage::AwaitPubAck {
-                self.state.inflight.remove(i);
+                if let Some(e) = self.state.inflight.remove(i) {
+                    self.finished(&e.delivery);
+                }
             }
         }
         Ok(())
@@ -128,12 +153,16 @@ impl Conn {
             Some(i) if self.state.inflight[i].stage != Stage::AwaitPubAck => {
                 if a.reason_code >= 0x80 {
                     // [MQTT-4.3.3-4]: a failure PUBREC ends the exchange; the id is free again.
-                    self.state.inflight.remove(i);
+                    if let Some(e) = self.state.inflight.remove(i) {
+                        self.finished(&e.delivery);
+                    }
                     return Ok(());
                 }
                 let e = &mut self.state.inflight[i];
                 e.stage = Stage::AwaitPubComp;
                 e.sent_at = now;
+                let d = e.delivery.clone();
+                self.record_progress(&d, a.packet_id, Stage::AwaitPubComp);
                 self.send_ack(Packet::PubRel, a.packet_id, rc::SUCCESS, "");
             }
             _ => self.send_ack(Packet::PubRel, a.packet_id, rc::PACKET_IDENTIFIER_NOT_FOUND, ""),
@@ -144,7 +173,9 @@ impl Conn {
     pub(super) fn on_pubcomp(&mut self, a: PubResp) -> Result<(), Close> {
         if let Some(i) = self.state.inflight_position(a.packet_id) {
             if self.state.inflight[i].stage == Stage::AwaitPubComp {
-                self.state.inflight.remove(i);
+                if let Some(e) = self.state.inflight.remove(i) {
+                    self.finished(&e.delivery);
+                }
             }
         }
         Ok(())

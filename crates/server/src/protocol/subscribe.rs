@@ -66,11 +66,18 @@ impl Conn {
                         retain: true,
                         sub_ids: sub_id.into_iter().collect(),
                         shared: None,
+                        seq: 0,
                     };
-                    session.push(d, &self.broker.metrics);
+                    if session.is_persistent() && d.qos != QoS::AtMostOnce && d.msg.id != 0 {
+                        // The queue entry refers to the message, so the message goes into the store first.
+                        let data = halyard_core::persist::encode_message(&d.msg);
+                        self.ops.push(halyard_store::Op::PutMessage { id: d.msg.id, data });
+                    }
+                    let _ = session.push(d, &self.broker.metrics, &mut self.ops);
                 }
             }
         }
+        self.broker.persist_subscriptions(&session, &self.state);
         // [MQTT-3.8.4-1] SUBACK with the same packet id, one code per filter [MQTT-3.8.4-6].
         self.send_trimmed(Packet::SubAck(SubAck {
             packet_id: s.packet_id,
@@ -93,6 +100,7 @@ impl Conn {
             }
             codes.push(if removed { rc::SUCCESS } else { rc::NO_SUBSCRIPTION_EXISTED });
         }
+        self.broker.persist_subscriptions(&session, &self.state);
         if !self.version.is_v5() {
             codes.clear();
         }

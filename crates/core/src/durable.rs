@@ -1,0 +1,156 @@
+//! Start-up on the durable store: open it, and before any listener accepts a connection, make every stored
+//! session routable again (subscriptions, queue, in-flight state, pending will and expiry timers), end the
+//! sessions whose expiry passed while the broker was down (their wills go out), and restore retained messages.
+
+use crate::broker::{Broker, Will};
+use crate::config::{Config, FsyncMode};
+use crate::message::{Delivery, Message};
+use crate::persist::{self, Corrupt};
+use crate::router::SubEntry;
+use crate::session::{InflightEntry, SessionHandle, SessionState};
+use halyard_store::{Fsync, Op, RedbStore, Restored, StoreError};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{what} in {path}: run `halyard ctl store check --data-dir {dir}` (and `repair`) to inspect it", what = .source, dir = .dir.display())]
+    Record { source: Corrupt, path: PathBuf, dir: PathBuf },
+}
+
+/// Queue entries read from the store per request while restoring.
+const PAGE: usize = 1000;
+
+impl Broker {
+    /// The broker `halyard start` runs: with `durable_sessions.enable` its state lives in the store in
+    /// `node.data_dir` and is restored from it here; otherwise it is `Broker::new` (memory only).
+    pub fn open(config: Config) -> Result<Arc<Broker>, OpenError> {
+        if !config.durable_sessions.enable {
+            return Ok(Broker::new(config));
+        }
+        let dir = PathBuf::from(&config.node.data_dir);
+        let fsync = match config.durable_sessions.fsync {
+            FsyncMode::Batch => Fsync::Batch,
+            FsyncMode::Off => Fsync::Off,
+        };
+        let (store, restored) = RedbStore::open(&dir, fsync)?;
+        let path = store.path().to_path_buf();
+        let broker = Broker::with_store(config, store, restored.next_message_id);
+        broker.restore(restored).map_err(|source| OpenError::Record { source, path, dir })?;
+        Ok(broker)
+    }
+
+    fn restore(self: &Arc<Self>, r: Restored) -> Result<(), Corrupt> {
+        let started = Instant::now();
+        for (_, blob) in r.retained {
+            // Retained copies are not queue messages: id 0, they are never enqueued from here.
+            let m = persist::decode_message(0, blob)?;
+            self.retainer.store(&Arc::new(m));
+        }
+        let retained = self.retainer.len();
+        let now_ms = persist::unix_ms_now();
+        let zone = self.config.mqtt.clone();
+        // Messages queued for many sessions are decoded once and shared, as they were before the restart.
+        let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
+        let mut ops = Vec::new();
+        let (mut restored, mut expired, mut entries) = (0usize, 0usize, 0usize);
+        for (client, blob) in r.sessions {
+            let rec = persist::decode_session(blob)?;
+            let (handle, _) = self.registry.get_or_insert_with(&client, |id, cid| {
+                SessionHandle::new(id, cid, zone.max_mqueue_len, zone.mqueue_store_qos0)
+            });
+            handle.set_expiry_interval(rec.expiry_interval);
+            handle.mark_stored();
+            // A session that was online when the broker stopped went offline then; we date that to now.
+            let offline_since = if rec.disconnected_at_ms == 0 { now_ms } else { rec.disconnected_at_ms };
+            let expiry_ms = u64::from(rec.expiry_interval) * 1000;
+            let elapsed = now_ms.saturating_sub(offline_since);
+            let will: Option<Will> = rec.will.clone().map(Into::into);
+            if elapsed >= expiry_ms {
+                expired += 1;
+                if let Some(w) = will {
+                    self.publish(self.will_message(&handle, w));
+                }
+                self.registry.remove(&handle);
+                ops.push(Op::DeleteSession { client: handle.client_id.clone() });
+                continue;
+            }
+            let mut state = SessionState { subscriptions: rec.subscriptions.clone(), ..Default::default() };
+            for (filter, sub) in &rec.subscriptions {
+                if let Ok(parsed) = halyard_topic::parse_subscription(filter, 0) {
+                    let (f, group) = match parsed {
+                        halyard_topic::Subscription::Plain(f) => (f, None),
+                        halyard_topic::Subscription::Shared { group, filter } => (filter, Some(group)),
+                    };
+                    let entry = SubEntry { session: handle.clone(), options: sub.options, sub_id: sub.sub_id };
+                    self.router.subscribe(f, group, entry);
+                }
+            }
+            let mut after = 0;
+            loop {
+                let page = self.store.load_queue(&client, after, PAGE).map_err(|_| Corrupt { what: "queue" })?;
+                if page.is_empty() {
+                    break;
+                }
+                for (seq, meta, msg_id, blob) in page {
+                    after = seq;
+                    entries += 1;
+                    let meta = persist::decode_meta(meta)?;
+                    let msg = match messages.get(&msg_id) {
+                        Some(m) => m.clone(),
+                        None => {
+                            let m = Arc::new(persist::decode_message(msg_id, blob)?);
+                            messages.insert(msg_id, m.clone());
+                            m
+                        }
+                    };
+                    let d = Delivery {
+                        msg,
+                        qos: meta.qos,
+                        retain: meta.retain,
+                        sub_ids: meta.sub_ids,
+                        shared: meta.shared,
+                        seq,
+                    };
+                    match meta.stage {
+                        // Sent before the restart: resent with DUP (or PUBREL) when the client is back [MQTT-4.4.0-1].
+                        Some(stage) if meta.packet_id != 0 => {
+                            state.last_packet_id = state.last_packet_id.max(meta.packet_id);
+                            state.inflight.push_back(InflightEntry {
+                                packet_id: meta.packet_id,
+                                delivery: d,
+                                stage,
+                                sent_at: Instant::now(),
+                            });
+                        }
+                        _ => handle.restore_queued(d),
+                    }
+                }
+            }
+            handle.set_next_seq(after + 1);
+            handle.set_parked(state);
+            let generation = handle.generation();
+            let left_ms = expiry_ms - elapsed;
+            // The will delay also counts from the disconnection.
+            let will_left_ms = will.as_ref().map(|w| (u64::from(w.delay) * 1000).saturating_sub(elapsed)).unwrap_or(0);
+            self.schedule_offline(&handle, generation, will, will_left_ms.min(left_ms), left_ms);
+            restored += 1;
+        }
+        if let Err(e) = self.submit(ops) {
+            tracing::error!(error = %e, "cannot remove expired sessions from the store");
+        }
+        tracing::info!(
+            sessions = restored,
+            expired,
+            queued = entries,
+            retained,
+            ms = started.elapsed().as_millis() as u64,
+            "restored durable state"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,303 @@
+//! Durability across `kill -9`: the broker process is killed mid-stream and restarted on the same data
+//! directory; every message whose acknowledgement a publisher saw must reach its persistent subscriber.
+
+use bytes::BytesMut;
+use halyard_codec::{
+    Connect, Packet, Properties, ProtocolVersion, PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Utf8,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_halyard");
+const KILLS: usize = 20;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    fn start(data: &Path) -> Broker {
+        let port = free_port();
+        let mut child = Command::new(BIN)
+            .arg("start")
+            .env("HALYARD_LISTENERS__TCP__DEFAULT__BIND", format!("127.0.0.1:{port}"))
+            .env("HALYARD_NODE__DATA_DIR", data)
+            .env("RUST_LOG", std::env::var("CRASH_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn halyard");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("halyard started") {
+                    let _ = tx.send(());
+                }
+                if std::env::var_os("CRASH_TEST_LOG").is_some() {
+                    eprintln!("broker: {line}");
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20)).expect("broker starts");
+        Broker { child, port }
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking MQTT 3.1.1 client on our codec: enough for this test, and independent of the broker's internals.
+struct Client {
+    s: TcpStream,
+    buf: BytesMut,
+}
+
+impl Client {
+    fn connect(port: u16, id: &str, clean: bool) -> Option<(Client, bool)> {
+        let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let mut c = Client { s, buf: BytesMut::new() };
+        c.send(&Packet::Connect(Box::new(Connect {
+            protocol: ProtocolVersion::V4,
+            clean_start: clean,
+            keep_alive: 60,
+            client_id: Utf8::from(id),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        })))
+        .ok()?;
+        match c.recv()? {
+            Packet::ConnAck(a) if a.reason_code == 0 => Some((c, a.session_present)),
+            _ => None,
+        }
+    }
+
+    fn send(&mut self, p: &Packet) -> std::io::Result<()> {
+        let mut b = BytesMut::new();
+        let _ = halyard_codec::encode(p, ProtocolVersion::V4, &mut b);
+        self.s.write_all(&b)
+    }
+
+    fn recv(&mut self) -> Option<Packet> {
+        loop {
+            if let Ok(Some(p)) = halyard_codec::decode(&mut self.buf, ProtocolVersion::V4, usize::MAX) {
+                return Some(p);
+            }
+            let mut chunk = [0u8; 8192];
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn subscribe(&mut self, filter: &str, qos: QoS) {
+        let s = Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![(Utf8::from(filter), SubscriptionOptions { qos, ..Default::default() })],
+        };
+        self.send(&Packet::Subscribe(s)).expect("send SUBSCRIBE");
+        assert!(matches!(self.recv(), Some(Packet::SubAck(_))), "SUBACK");
+    }
+
+    /// Publishes and waits for the acknowledgement (PUBACK, or PUBREC then PUBCOMP). True when acknowledged.
+    fn publish_acked(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool, pid: u16) -> bool {
+        let p = Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: Utf8::from(topic),
+            packet_id: Some(pid),
+            properties: Properties::default(),
+            payload: bytes::Bytes::copy_from_slice(payload),
+        };
+        if self.send(&Packet::Publish(p)).is_err() {
+            return false;
+        }
+        match (qos, self.recv()) {
+            (QoS::AtLeastOnce, Some(Packet::PubAck(a))) => a.packet_id == pid,
+            // PUBREC is the broker's acknowledgement that it owns the message now [MQTT-4.3.3].
+            (QoS::ExactlyOnce, Some(Packet::PubRec(a))) if a.packet_id == pid => {
+                let _ = self.send(&Packet::PubRel(PubResp::new(pid)));
+                let _ = self.recv();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn data_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("halyard-crash-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Publishes sequence numbers as fast as acknowledgements return until the broker dies; returns what was acked.
+/// `flowing` hears once the first acknowledgement came, so the kill lands mid-stream.
+fn publish_until_killed(
+    port: u16,
+    topic: &str,
+    qos: QoS,
+    stop: Arc<AtomicBool>,
+    flowing: mpsc::Sender<()>,
+) -> BTreeSet<u32> {
+    let mut acked = BTreeSet::new();
+    let Some((mut p, _)) = Client::connect(port, "crash-pub", true) else {
+        eprintln!("publisher could not connect");
+        return acked;
+    };
+    let mut seq = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        if !p.publish_acked(topic, &seq.to_be_bytes(), qos, false, (seq % 60000 + 1) as u16) {
+            break;
+        }
+        if acked.is_empty() {
+            let _ = flowing.send(());
+        }
+        acked.insert(seq);
+    }
+    acked
+}
+
+/// Reconnects the persistent subscriber and collects until every acked sequence number arrived.
+fn collect(port: u16, id: &str, acked: &BTreeSet<u32>, seen: &mut HashMap<u32, u32>) {
+    let (mut s, present) = Client::connect(port, id, false).expect("subscriber reconnects");
+    assert!(present, "[MQTT-3.2.2-2] the persistent session survived the crash");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.iter().any(|a| !seen.contains_key(a)) {
+        assert!(Instant::now() < deadline, "acknowledged messages missing after restart");
+        match s.recv() {
+            Some(Packet::Publish(p)) => {
+                let seq = u32::from_be_bytes(p.payload[..4].try_into().expect("seq"));
+                *seen.entry(seq).or_default() += 1;
+                match (p.qos, p.packet_id) {
+                    (QoS::AtLeastOnce, Some(id)) => s.send(&Packet::PubAck(PubResp::new(id))).expect("PUBACK"),
+                    (QoS::ExactlyOnce, Some(id)) => s.send(&Packet::PubRec(PubResp::new(id))).expect("PUBREC"),
+                    _ => {}
+                }
+            }
+            Some(Packet::PubRel(r)) => s.send(&Packet::PubComp(PubResp::new(r.packet_id))).expect("PUBCOMP"),
+            Some(_) => {}
+            None => panic!("subscriber connection closed while messages were missing"),
+        }
+    }
+}
+
+fn kill_loop(qos: QoS) {
+    let mut total_acked = 0;
+    for round in 0..KILLS {
+        let dir = data_dir(&format!("{qos:?}-{round}"));
+        let b = Broker::start(&dir);
+        let (mut s, _) = Client::connect(b.port, "crash-sub", false).expect("subscriber");
+        s.subscribe("crash/t", qos);
+        drop(s); // offline: everything from now on is queued for it
+        let stop = Arc::new(AtomicBool::new(false));
+        let port = b.port;
+        let st = stop.clone();
+        let (flowing_tx, flowing) = mpsc::channel();
+        let publisher = std::thread::spawn(move || publish_until_killed(port, "crash/t", qos, st, flowing_tx));
+        flowing.recv_timeout(Duration::from_secs(10)).expect("first acknowledgement");
+        std::thread::sleep(Duration::from_millis(20 + (round as u64 * 37) % 150));
+        b.kill9();
+        stop.store(true, Ordering::Relaxed);
+        let acked = publisher.join().expect("publisher thread");
+        assert!(!acked.is_empty(), "round {round}: some messages were acknowledged before the kill");
+        let b = Broker::start(&dir);
+        let mut seen = HashMap::new();
+        collect(b.port, "crash-sub", &acked, &mut seen);
+        total_acked += acked.len();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    eprintln!("{qos:?}: {KILLS} kills, {total_acked} acknowledged messages, all delivered after restart");
+}
+
+#[test]
+fn kill9_loses_no_acknowledged_qos1_message() {
+    kill_loop(QoS::AtLeastOnce);
+}
+
+#[test]
+fn kill9_loses_no_acknowledged_qos2_message() {
+    kill_loop(QoS::ExactlyOnce);
+}
+
+#[test]
+fn kill9_keeps_inflight_messages_of_an_online_subscriber() {
+    // The subscriber is online and receiving (acknowledging only some) when the broker dies.
+    let dir = data_dir("online");
+    let b = Broker::start(&dir);
+    let (mut s, _) = Client::connect(b.port, "online-sub", false).expect("subscriber");
+    s.subscribe("live/t", QoS::AtLeastOnce);
+    let (mut p, _) = Client::connect(b.port, "online-pub", true).expect("publisher");
+    let mut acked = BTreeSet::new();
+    for seq in 1..=200u32 {
+        assert!(p.publish_acked("live/t", &seq.to_be_bytes(), QoS::AtLeastOnce, false, seq as u16));
+        acked.insert(seq);
+    }
+    // Take 50 deliveries, acknowledging only the even ones, then the broker dies.
+    let mut seen = HashMap::new();
+    for _ in 0..50 {
+        if let Some(Packet::Publish(m)) = s.recv() {
+            let seq = u32::from_be_bytes(m.payload[..4].try_into().expect("seq"));
+            if seq % 2 == 0 {
+                s.send(&Packet::PubAck(PubResp::new(m.packet_id.expect("id")))).expect("PUBACK");
+                seen.insert(seq, 1);
+            }
+        }
+    }
+    b.kill9();
+    let b = Broker::start(&dir);
+    collect(b.port, "online-sub", &acked, &mut seen);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kill9_keeps_retained_messages() {
+    let dir = data_dir("retained");
+    let b = Broker::start(&dir);
+    let (mut p, _) = Client::connect(b.port, "ret-pub", true).expect("publisher");
+    for i in 0..100u16 {
+        assert!(p.publish_acked(&format!("ret/{i}"), b"kept", QoS::AtLeastOnce, true, i + 1));
+    }
+    b.kill9();
+    let b = Broker::start(&dir);
+    let (mut s, _) = Client::connect(b.port, "ret-sub", true).expect("subscriber");
+    s.subscribe("ret/#", QoS::AtMostOnce);
+    let mut topics = BTreeSet::new();
+    while topics.len() < 100 {
+        match s.recv() {
+            Some(Packet::Publish(m)) => {
+                assert!(m.retain);
+                topics.insert(m.topic.to_string());
+            }
+            other => panic!("retained messages missing after restart: have {}, got {other:?}", topics.len()),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

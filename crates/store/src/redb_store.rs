@@ -1,0 +1,701 @@
+//! The durable store: one redb file, one writer thread, group commit.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::watch;
+
+use crate::apply::{apply, Applied, Tables};
+use crate::check::Walk;
+use crate::error::{corrupt, from_redb, panic_text};
+use crate::{CheckReport, Fsync, Op, QueueEntry, Restored, Store, StoreError, StoreStats, FILE_NAME, FORMAT_VERSION};
+
+// The layout. Changing any of these means bumping FORMAT_VERSION (tests/corruption.rs writes these
+// tables directly and so notices a silent change).
+/// message id → (refcount, message blob)
+pub(crate) const MESSAGES: TableDefinition<u64, (u32, &[u8])> = TableDefinition::new("messages");
+/// (client id, seq) → (message id, meta blob); redb orders tuple keys field by field, so one client's
+/// entries are contiguous and in seq order.
+pub(crate) const QUEUE: TableDefinition<(&str, u64), (u64, &[u8])> = TableDefinition::new("queue");
+/// client id → session blob
+pub(crate) const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// topic → retained message blob
+pub(crate) const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// META_FORMAT and META_NEXT_ID
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const META_FORMAT: &str = "format_version";
+pub(crate) const META_NEXT_ID: &str = "next_message_id";
+
+/// Submits the writer may be behind before `submit` blocks. Bounds the memory held by queued ops
+/// (1024 × the caller's batch size) and pushes back on publishers when the disk cannot keep up.
+const CHANNEL_CAPACITY: usize = 1024;
+/// The writer stops gathering once a transaction holds this many ops, so one commit (and the latency
+/// of every ticket in it) stays bounded. A single larger submit is still committed whole.
+const MAX_BATCH_OPS: usize = 10_000;
+/// Under `Fsync::Off`, the longest unsynced data waits for an fsync.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One submit on its way to the writer.
+struct Batch {
+    ticket: u64,
+    ops: Vec<Op>,
+    /// Commit this batch with fsync even under `Fsync::Off` (`flush`).
+    sync: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    submits: AtomicU64,
+    commits: AtomicU64,
+    ops: AtomicU64,
+    fsyncs: AtomicU64,
+    largest_batch_ops: AtomicU64,
+    largest_batch_submits: AtomicU64,
+    bytes_written: AtomicU64,
+    skipped_enqueues: AtomicU64,
+    failed_commits: AtomicU64,
+}
+
+/// What `flush` waits on.
+#[derive(Default)]
+struct Progress {
+    committed: u64,
+    /// Set by the first failed commit.
+    failure: Option<String>,
+    /// The writer thread has exited.
+    closed: bool,
+}
+
+/// State shared by the store handle and its writer thread.
+struct Shared {
+    path: PathBuf,
+    committed: AtomicU64,
+    unavailable: AtomicBool,
+    progress: Mutex<Progress>,
+    progress_cv: Condvar,
+    /// Dropped when the store fails or closes, so async waiters wake with an error.
+    watch_tx: Mutex<Option<watch::Sender<u64>>>,
+    /// Kept to hand out receivers after the sender is gone.
+    watch_rx: watch::Receiver<u64>,
+    counters: Counters,
+    fail_next_commit: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here leaves a mutex's data half-updated on panic; keep working rather than cascade.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn unavailable_error(&self) -> StoreError {
+        let p = lock(&self.progress);
+        let reason = match (&p.failure, p.closed) {
+            (Some(f), _) => f.clone(),
+            (None, true) => "the writer thread has stopped".to_string(),
+            (None, false) => "unknown".to_string(),
+        };
+        StoreError::Unavailable { path: self.path.clone(), reason }
+    }
+
+    fn publish(&self, ticket: u64) {
+        // Watch first, then the atomic, then the condvar: whoever learns of the commit one way already
+        // sees it in the ways updated before.
+        if let Some(tx) = lock(&self.watch_tx).as_ref() {
+            tx.send_replace(ticket);
+        }
+        self.committed.store(ticket, Ordering::Release);
+        lock(&self.progress).committed = ticket;
+        self.progress_cv.notify_all();
+    }
+
+    fn fail(&self, err: &StoreError) {
+        tracing::error!(
+            path = %self.path.display(),
+            error = %err,
+            "store: commit failed; the store refuses new work until restart (disk full or I/O error?)"
+        );
+        // Close the watch channel first, so anyone woken by the failure below already sees it closed.
+        lock(&self.watch_tx).take();
+        self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+        self.unavailable.store(true, Ordering::Release);
+        lock(&self.progress).failure.get_or_insert_with(|| err.to_string());
+        self.progress_cv.notify_all();
+    }
+}
+
+/// The durable [`Store`]: `<dir>/halyard.redb`, written by one writer thread with group commit.
+///
+/// `submit` hands ops to the writer over a bounded channel (1024 submits; when it is full `submit`
+/// blocks until the writer catches up — that is the backpressure). The writer takes everything queued
+/// (up to 10,000 ops), applies it in one write transaction, commits once (fsync under
+/// [`Fsync::Batch`]) and then publishes the highest ticket. There is no linger timer: while one commit
+/// is fsyncing the next batch accumulates, so batches grow with load and an idle store commits at once.
+pub struct RedbStore {
+    shared: Arc<Shared>,
+    /// Ticket allocation and the channel send happen under this lock so that the channel carries
+    /// tickets in increasing order: the writer can then publish "everything up to N is committed".
+    submitter: Mutex<Submitter>,
+    db: Arc<Database>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Submitter {
+    tx: Option<SyncSender<Batch>>,
+    last_ticket: u64,
+}
+
+/// Opens (or creates) a redb database, turning redb panics into errors. redb repairs a file that was
+/// not closed cleanly while opening it; the callback logs that, since it can take a while on a big file.
+pub(crate) fn open_database(path: &Path, create: bool) -> Result<Database, StoreError> {
+    let mut builder = Database::builder();
+    // New files use the v3 format, the only one redb 3+ reads, so moving to a newer redb needs no
+    // conversion step. Existing files keep the format they have.
+    builder.create_with_file_format_v3(true);
+    let shown = path.display().to_string();
+    builder.set_repair_callback(move |session| {
+        tracing::warn!(
+            path = %shown,
+            progress = session.progress(),
+            "store: file was not closed cleanly; redb is repairing it (the last uncommitted transaction is lost, committed ones are kept)"
+        );
+    });
+    let opened = catch_unwind(AssertUnwindSafe(|| if create { builder.create(path) } else { builder.open(path) }));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(from_redb(path, "open", e)),
+        Err(p) => Err(corrupt(path, format!("redb failed while opening the file: {}", panic_text(&*p)))),
+    }
+}
+
+/// Verifies every page checksum (redb's `check_integrity`). `Ok(true)`: intact. `Ok(false)`: redb found
+/// damage it could repair (by rolling back to the previous commit) and did.
+pub(crate) fn verify_file(db: &mut Database, path: &Path) -> Result<bool, StoreError> {
+    match catch_unwind(AssertUnwindSafe(|| db.check_integrity())) {
+        Ok(Ok(clean)) => Ok(clean),
+        Ok(Err(e)) => Err(from_redb(path, "integrity check", e)),
+        Err(p) => Err(corrupt(path, format!("redb failed while checking the file: {}", panic_text(&*p)))),
+    }
+}
+
+/// Creates the tables and checks the layout version.
+fn init_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let e = |err: redb::Error| from_redb(path, "initialize tables", err);
+    let mut txn = db.begin_write().map_err(|x| e(x.into()))?;
+    txn.set_durability(Durability::Immediate);
+    {
+        txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
+        txn.open_table(QUEUE).map_err(|x| e(x.into()))?;
+        txn.open_table(SESSIONS).map_err(|x| e(x.into()))?;
+        txn.open_table(RETAINED).map_err(|x| e(x.into()))?;
+        let mut meta = txn.open_table(META).map_err(|x| e(x.into()))?;
+        let found = meta.get(META_FORMAT).map_err(|x| e(x.into()))?.map(|g| g.value());
+        match found {
+            Some(v) if v == FORMAT_VERSION => {}
+            Some(v) => {
+                return Err(StoreError::UnsupportedFormat {
+                    path: path.to_path_buf(),
+                    found: v,
+                    supported: FORMAT_VERSION,
+                })
+            }
+            None => {
+                meta.insert(META_FORMAT, FORMAT_VERSION).map_err(|x| e(x.into()))?;
+                if meta.get(META_NEXT_ID).map_err(|x| e(x.into()))?.is_none() {
+                    meta.insert(META_NEXT_ID, 1).map_err(|x| e(x.into()))?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(|x| e(x.into()))
+}
+
+impl RedbStore {
+    /// Opens `<dir>/halyard.redb` (creating `dir` and the file if needed), verifies it, reads what it
+    /// holds and starts the writer thread.
+    ///
+    /// A file that was not closed cleanly (crash, `kill -9`, power loss) is repaired by redb while
+    /// opening: committed transactions are kept. Every page checksum is then verified (one read of the
+    /// whole file); damage that redb cannot repair gives [`StoreError::Corrupt`], whose message names
+    /// the file and the `halyard ctl store check/repair` commands. Never panics on a bad file.
+    pub fn open(dir: &Path, fsync: Fsync) -> Result<(Arc<Self>, Restored), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.to_path_buf(), source })?;
+        let path = dir.join(FILE_NAME);
+        let mut db = open_database(&path, true)?;
+        let started = Instant::now();
+        if !verify_file(&mut db, &path)? {
+            tracing::warn!(
+                path = %path.display(),
+                "store: redb found a damaged commit and rolled the file back to the previous one"
+            );
+        }
+        tracing::debug!(path = %path.display(), elapsed = ?started.elapsed(), "store: file verified");
+        init_tables(&db, &path)?;
+        let db = Arc::new(db);
+        let restored = restore_from(&db, &path)?;
+
+        let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
+        let (watch_tx, watch_rx) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            committed: AtomicU64::new(0),
+            unavailable: AtomicBool::new(false),
+            progress: Mutex::new(Progress::default()),
+            progress_cv: Condvar::new(),
+            watch_tx: Mutex::new(Some(watch_tx)),
+            watch_rx,
+            counters: Counters::default(),
+            fail_next_commit: AtomicBool::new(false),
+        });
+        let writer = {
+            let (db, shared) = (db.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("halyard-store-writer".to_string())
+                .spawn(move || writer_loop(db, rx, shared, fsync))
+                .map_err(|e| StoreError::Io {
+                    path: path.clone(),
+                    what: "start writer thread",
+                    detail: e.to_string(),
+                })?
+        };
+        let store = RedbStore {
+            shared,
+            submitter: Mutex::new(Submitter { tx: Some(tx), last_ticket: 0 }),
+            db,
+            writer: Mutex::new(Some(writer)),
+        };
+        Ok((Arc::new(store), restored))
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Test hook: the next commit fails as a full disk would (the transaction is aborted), so the
+    /// Unavailable path can be exercised without filling a disk.
+    #[doc(hidden)]
+    pub fn fail_next_commit(&self) {
+        self.shared.fail_next_commit.store(true, Ordering::Release);
+    }
+
+    fn send(&self, ops: Vec<Op>, sync: bool) -> Result<u64, StoreError> {
+        if self.shared.unavailable.load(Ordering::Acquire) {
+            return Err(self.shared.unavailable_error());
+        }
+        let mut s = lock(&self.submitter);
+        let ticket = s.last_ticket + 1;
+        let Some(tx) = s.tx.as_ref() else { return Err(self.shared.unavailable_error()) };
+        // Blocks while the channel is full: the backpressure.
+        tx.send(Batch { ticket, ops, sync }).map_err(|_| self.shared.unavailable_error())?;
+        s.last_ticket = ticket;
+        self.shared.counters.submits.fetch_add(1, Ordering::Relaxed);
+        Ok(ticket)
+    }
+
+    /// Runs `f` on a read transaction, turning redb panics on damaged pages into [`StoreError::Corrupt`].
+    fn read<R>(&self, what: &'static str, f: impl FnOnce(&Database) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        guarded(&self.shared.path, what, || f(&self.db))
+    }
+}
+
+pub(crate) fn guarded<R>(
+    path: &Path,
+    what: &'static str,
+    f: impl FnOnce() -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(corrupt(path, format!("redb failed during {what}: {}", panic_text(&*p)))),
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer commit what is queued and exit; joining it releases the
+        // file (redb holds a lock on it) before `drop` returns, so the directory can be reopened at once.
+        lock(&self.submitter).tx.take();
+        if let Some(handle) = lock(&self.writer).take() {
+            if handle.join().is_err() {
+                tracing::error!(path = %self.shared.path.display(), "store: writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Store for RedbStore {
+    fn submit(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
+        self.send(ops, false)
+    }
+
+    fn committed(&self) -> u64 {
+        self.shared.committed.load(Ordering::Acquire)
+    }
+
+    fn commits(&self) -> watch::Receiver<u64> {
+        self.shared.watch_rx.clone()
+    }
+
+    fn load_queue(&self, client: &str, after: u64, limit: usize) -> Result<Vec<QueueEntry>, StoreError> {
+        let Some(from) = after.checked_add(1) else { return Ok(Vec::new()) };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let path = &self.shared.path;
+        let e = |err: redb::Error| from_redb(path, "load queue", err);
+        self.read("load_queue", |db| {
+            let txn = db.begin_read().map_err(|x| e(x.into()))?;
+            let queue = txn.open_table(QUEUE).map_err(|x| e(x.into()))?;
+            let messages = txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for item in queue.range((client, from)..=(client, u64::MAX)).map_err(|x| e(x.into()))? {
+                let (k, v) = item.map_err(|x| e(x.into()))?;
+                let seq = k.value().1;
+                let (msg, meta) = v.value();
+                match messages.get(msg).map_err(|x| e(x.into()))? {
+                    Some(m) => out.push((seq, Bytes::copy_from_slice(meta), msg, Bytes::copy_from_slice(m.value().1))),
+                    None => tracing::error!(
+                        path = %path.display(), client, seq, msg,
+                        "store: queue entry references a missing message; skipped (run `halyard ctl store repair`)"
+                    ),
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn restore(&self) -> Result<Restored, StoreError> {
+        restore_from(&self.db, &self.shared.path)
+    }
+
+    fn wait(&self, ticket: u64) -> Result<(), StoreError> {
+        if self.committed() >= ticket {
+            return Ok(());
+        }
+        let mut p = lock(&self.shared.progress);
+        while p.committed < ticket && p.failure.is_none() && !p.closed {
+            p = self.shared.progress_cv.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        if p.committed >= ticket {
+            Ok(())
+        } else {
+            drop(p);
+            Err(self.shared.unavailable_error())
+        }
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // An empty submit marked `sync`: the writer commits it with fsync even under Fsync::Off.
+        let ticket = self.send(Vec::new(), true)?;
+        self.wait(ticket)
+    }
+
+    fn stats(&self) -> StoreStats {
+        let c = &self.shared.counters;
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StoreStats {
+            submits: r(&c.submits),
+            commits: r(&c.commits),
+            ops: r(&c.ops),
+            fsyncs: r(&c.fsyncs),
+            largest_batch_ops: r(&c.largest_batch_ops),
+            largest_batch_submits: r(&c.largest_batch_submits),
+            bytes_written: r(&c.bytes_written),
+            skipped_enqueues: r(&c.skipped_enqueues),
+            failed_commits: r(&c.failed_commits),
+            unavailable: self.shared.unavailable.load(Ordering::Acquire),
+        }
+    }
+
+    fn verify(&self) -> Result<CheckReport, StoreError> {
+        self.read("verify", |db| Ok(walk(db, &self.shared.path)?.finish().0))
+    }
+}
+
+/// Reads what `Restored` carries from committed state.
+fn restore_from(db: &Database, path: &Path) -> Result<Restored, StoreError> {
+    let e = |err: redb::Error| from_redb(path, "restore", err);
+    guarded(path, "restore", || {
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
+        let mut r = Restored::default();
+        for (def, out) in [(SESSIONS, &mut r.sessions), (RETAINED, &mut r.retained)] {
+            let table = txn.open_table(def).map_err(|x| e(x.into()))?;
+            for item in table.iter().map_err(|x| e(x.into()))? {
+                let (k, v) = item.map_err(|x| e(x.into()))?;
+                out.push((k.value().to_string(), Bytes::copy_from_slice(v.value())));
+            }
+        }
+        let queue = txn.open_table(QUEUE).map_err(|x| e(x.into()))?;
+        // Entries are grouped by client, so one running counter per client suffices.
+        let mut current: Option<(String, u64, u64)> = None;
+        for item in queue.iter().map_err(|x| e(x.into()))? {
+            let (k, _) = item.map_err(|x| e(x.into()))?;
+            let (client, seq) = k.value();
+            match &mut current {
+                Some((c, len, max)) if c == client => {
+                    *len += 1;
+                    *max = (*max).max(seq);
+                }
+                _ => {
+                    if let Some((c, len, max)) = current.replace((client.to_string(), 1, seq)) {
+                        r.queue_lens.insert(c, (len, max));
+                    }
+                }
+            }
+        }
+        if let Some((c, len, max)) = current {
+            r.queue_lens.insert(c, (len, max));
+        }
+        let meta = txn.open_table(META).map_err(|x| e(x.into()))?;
+        let stored_next = meta.get(META_NEXT_ID).map_err(|x| e(x.into()))?.map(|g| g.value()).unwrap_or(1);
+        let messages = txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
+        // The high-water mark should already cover every stored id; the max key is a cheap safety net.
+        let above_max =
+            messages.last().map_err(|x| e(x.into()))?.map(|(k, _)| k.value().saturating_add(1)).unwrap_or(1);
+        r.next_message_id = stored_next.max(above_max).max(1);
+        Ok(r)
+    })
+}
+
+/// Walks messages and queue entries for [`Walk`] (check, repair, verify).
+pub(crate) fn walk(db: &Database, path: &Path) -> Result<Walk, StoreError> {
+    let e = |err: redb::Error| from_redb(path, "check", err);
+    let txn = db.begin_read().map_err(|x| e(x.into()))?;
+    let mut w = Walk::default();
+    let meta = txn.open_table(META).map_err(|x| e(x.into()))?;
+    w.report.format_version = meta.get(META_FORMAT).map_err(|x| e(x.into()))?.map(|g| g.value()).unwrap_or(0);
+    w.report.next_message_id = meta.get(META_NEXT_ID).map_err(|x| e(x.into()))?.map(|g| g.value()).unwrap_or(0);
+    w.report.sessions = txn.open_table(SESSIONS).map_err(|x| e(x.into()))?.len().map_err(|x| e(x.into()))?;
+    w.report.retained = txn.open_table(RETAINED).map_err(|x| e(x.into()))?.len().map_err(|x| e(x.into()))?;
+    let messages = txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
+    for item in messages.iter().map_err(|x| e(x.into()))? {
+        let (k, v) = item.map_err(|x| e(x.into()))?;
+        let (rc, data) = v.value();
+        w.message(k.value(), rc, data.len());
+    }
+    let queue = txn.open_table(QUEUE).map_err(|x| e(x.into()))?;
+    for item in queue.iter().map_err(|x| e(x.into()))? {
+        let (k, v) = item.map_err(|x| e(x.into()))?;
+        let (client, seq) = k.value();
+        w.entry(client, seq, v.value().0);
+    }
+    Ok(w)
+}
+
+/// The writer thread: gathers, applies, commits, publishes.
+fn writer_loop(db: Arc<Database>, rx: Receiver<Batch>, shared: Arc<Shared>, fsync: Fsync) {
+    // Marks the store closed even if this thread panics, so `flush` callers do not wait forever.
+    struct Closed(Arc<Shared>);
+    impl Drop for Closed {
+        fn drop(&mut self) {
+            lock(&self.0.watch_tx).take();
+            lock(&self.0.progress).closed = true;
+            self.0.progress_cv.notify_all();
+        }
+    }
+    let _closed = Closed(shared.clone());
+
+    // Under Fsync::Off: whether commits since the last fsync exist, and when that fsync was.
+    let mut unsynced = false;
+    let mut last_sync = Instant::now();
+    loop {
+        let first = if unsynced {
+            match rx.recv_timeout(SYNC_INTERVAL.saturating_sub(last_sync.elapsed())) {
+                Ok(b) => b,
+                Err(RecvTimeoutError::Timeout) => {
+                    // On failure the store is unavailable and nothing more will be written: stop trying.
+                    sync_commit(&db, &shared);
+                    unsynced = false;
+                    last_sync = Instant::now();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(b) => b,
+                Err(_) => break,
+            }
+        };
+        let mut ops = first.ops.len();
+        let mut batches = vec![first];
+        while ops < MAX_BATCH_OPS {
+            match rx.try_recv() {
+                Ok(b) => {
+                    ops += b.ops.len();
+                    batches.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        if shared.unavailable.load(Ordering::Acquire) {
+            // Drained and dropped: these tickets are never reported committed.
+            continue;
+        }
+        let durable = fsync == Fsync::Batch || batches.iter().any(|b| b.sync) || last_sync.elapsed() >= SYNC_INTERVAL;
+        let last_ticket = batches.last().map_or(0, |b| b.ticket);
+        let result = catch_unwind(AssertUnwindSafe(|| commit(&db, &shared, &batches, durable)))
+            .unwrap_or_else(|p| Err(corrupt(&shared.path, format!("redb failed during commit: {}", panic_text(&*p)))));
+        match result {
+            Ok(applied) => {
+                let c = &shared.counters;
+                c.commits.fetch_add(1, Ordering::Relaxed);
+                c.ops.fetch_add(applied.ops, Ordering::Relaxed);
+                c.bytes_written.fetch_add(applied.bytes, Ordering::Relaxed);
+                c.skipped_enqueues.fetch_add(applied.skipped_enqueues, Ordering::Relaxed);
+                c.largest_batch_ops.fetch_max(applied.ops, Ordering::Relaxed);
+                c.largest_batch_submits.fetch_max(batches.len() as u64, Ordering::Relaxed);
+                if durable {
+                    c.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    unsynced = false;
+                    last_sync = Instant::now();
+                } else {
+                    unsynced = true;
+                }
+                shared.publish(last_ticket);
+            }
+            Err(err) => shared.fail(&err),
+        }
+    }
+    // Under Fsync::Off, make the last commits durable before the file is closed.
+    if unsynced && !shared.unavailable.load(Ordering::Acquire) {
+        sync_commit(&db, &shared);
+    }
+}
+
+/// An empty fsynced commit: makes earlier `Durability::None` commits durable (and lets redb free their
+/// pages, which it only does on durable commits).
+fn sync_commit(db: &Database, shared: &Shared) {
+    let r = catch_unwind(AssertUnwindSafe(|| commit(db, shared, &[], true)))
+        .unwrap_or_else(|p| Err(corrupt(&shared.path, format!("redb failed during commit: {}", panic_text(&*p)))));
+    match r {
+        Ok(_) => {
+            shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(err) => shared.fail(&err),
+    }
+}
+
+/// One write transaction for `batches`.
+fn commit(db: &Database, shared: &Shared, batches: &[Batch], durable: bool) -> Result<Applied, StoreError> {
+    let path = &shared.path;
+    let e = |what, err: redb::Error| from_redb(path, what, err);
+    let mut txn = db.begin_write().map_err(|x| e("begin write transaction", x.into()))?;
+    txn.set_durability(if durable { Durability::Immediate } else { Durability::None });
+    let applied = {
+        let mut t = RedbTables {
+            path,
+            messages: txn.open_table(MESSAGES).map_err(|x| e("open table", x.into()))?,
+            queue: txn.open_table(QUEUE).map_err(|x| e("open table", x.into()))?,
+            sessions: txn.open_table(SESSIONS).map_err(|x| e("open table", x.into()))?,
+            retained: txn.open_table(RETAINED).map_err(|x| e("open table", x.into()))?,
+            meta: txn.open_table(META).map_err(|x| e("open table", x.into()))?,
+        };
+        apply(&mut t, batches.iter().map(|b| b.ops.as_slice()))?
+    };
+    if shared.fail_next_commit.swap(false, Ordering::AcqRel) {
+        let _ = txn.abort();
+        return Err(StoreError::Io {
+            path: path.clone(),
+            what: "commit",
+            detail: "No space left on device (injected by fail_next_commit)".to_string(),
+        });
+    }
+    txn.commit().map_err(|x| e("commit", x.into()))?;
+    Ok(applied)
+}
+
+/// The tables of one write transaction.
+pub(crate) struct RedbTables<'t> {
+    pub path: &'t Path,
+    pub messages: redb::Table<'t, u64, (u32, &'static [u8])>,
+    pub queue: redb::Table<'t, (&'static str, u64), (u64, &'static [u8])>,
+    pub sessions: redb::Table<'t, &'static str, &'static [u8]>,
+    pub retained: redb::Table<'t, &'static str, &'static [u8]>,
+    pub meta: redb::Table<'t, &'static str, u64>,
+}
+
+fn werr(path: &Path, err: impl Into<redb::Error>) -> StoreError {
+    from_redb(path, "write", err)
+}
+
+impl Tables for RedbTables<'_> {
+    fn msg_refcount(&mut self, id: u64) -> Result<Option<u32>, StoreError> {
+        Ok(self.messages.get(id).map_err(|x| werr(self.path, x))?.map(|g| g.value().0))
+    }
+    fn msg_insert(&mut self, id: u64, refcount: u32, data: &Bytes) -> Result<(), StoreError> {
+        self.messages.insert(id, (refcount, &data[..])).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn msg_set_refcount(&mut self, id: u64, refcount: u32) -> Result<(), StoreError> {
+        // The refcount shares the value with the blob, so the blob is rewritten (once per message per
+        // transaction, see apply.rs).
+        let data = match self.messages.get(id).map_err(|x| werr(self.path, x))? {
+            Some(g) => g.value().1.to_vec(),
+            None => return Ok(()),
+        };
+        self.messages.insert(id, (refcount, data.as_slice())).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn msg_remove(&mut self, id: u64) -> Result<(), StoreError> {
+        self.messages.remove(id).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn entry_insert(&mut self, client: &str, seq: u64, msg: u64, meta: &Bytes) -> Result<Option<u64>, StoreError> {
+        Ok(self.queue.insert((client, seq), (msg, &meta[..])).map_err(|x| werr(self.path, x))?.map(|g| g.value().0))
+    }
+    fn entry_set_meta(&mut self, client: &str, seq: u64, meta: &Bytes) -> Result<bool, StoreError> {
+        let msg = match self.queue.get((client, seq)).map_err(|x| werr(self.path, x))? {
+            Some(g) => g.value().0,
+            None => return Ok(false),
+        };
+        self.queue.insert((client, seq), (msg, &meta[..])).map_err(|x| werr(self.path, x))?;
+        Ok(true)
+    }
+    fn entry_remove(&mut self, client: &str, seq: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self.queue.remove((client, seq)).map_err(|x| werr(self.path, x))?.map(|g| g.value().0))
+    }
+    fn entries_remove_client(&mut self, client: &str) -> Result<Vec<u64>, StoreError> {
+        let mut entries = Vec::new();
+        for item in self.queue.range((client, 0)..=(client, u64::MAX)).map_err(|x| werr(self.path, x))? {
+            let (k, v) = item.map_err(|x| werr(self.path, x))?;
+            entries.push((k.value().1, v.value().0));
+        }
+        for (seq, _) in &entries {
+            self.queue.remove((client, *seq)).map_err(|x| werr(self.path, x))?;
+        }
+        Ok(entries.into_iter().map(|(_, msg)| msg).collect())
+    }
+    fn session_put(&mut self, client: &str, data: &Bytes) -> Result<(), StoreError> {
+        self.sessions.insert(client, &data[..]).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn session_remove(&mut self, client: &str) -> Result<(), StoreError> {
+        self.sessions.remove(client).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn retained_put(&mut self, topic: &str, data: &Bytes) -> Result<(), StoreError> {
+        self.retained.insert(topic, &data[..]).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn retained_remove(&mut self, topic: &str) -> Result<(), StoreError> {
+        self.retained.remove(topic).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn next_message_id(&mut self) -> Result<u64, StoreError> {
+        Ok(self.meta.get(META_NEXT_ID).map_err(|x| werr(self.path, x))?.map(|g| g.value()).unwrap_or(1))
+    }
+    fn set_next_message_id(&mut self, id: u64) -> Result<(), StoreError> {
+        self.meta.insert(META_NEXT_ID, id).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+}
