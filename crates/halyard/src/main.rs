@@ -121,6 +121,14 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     server.shutdown().await;
     broker.store.flush().context("cannot flush the store")?;
+    let st = broker.store.stats();
+    tracing::info!(
+        commits = st.commits,
+        fsyncs = st.fsyncs,
+        ops = st.ops,
+        largest_batch = st.largest_batch_ops,
+        "store statistics"
+    );
     Ok(())
 }
 
