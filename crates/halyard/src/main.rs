@@ -112,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn start(cfg: config::Config) -> anyhow::Result<()> {
+    raise_fd_limit(&cfg);
     let data_dir = cfg.node.data_dir.clone();
     // Stored sessions are routable before any listener accepts a connection.
     let broker = Broker::open(cfg).with_context(|| format!("cannot open the store in {data_dir}"))?;
@@ -140,6 +141,34 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// Every connection is a file descriptor: raise the soft limit to the hard one, and say so when even that is
+/// below what the listeners' `max_connections` allow (the limit, not the setting, then caps connections).
+fn raise_fd_limit(cfg: &config::Config) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!("cannot read the open-file limit");
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(from = lim.rlim_cur, to = lim.rlim_max, "raised the open-file limit to its hard limit");
+            lim = raised;
+        }
+    }
+    let wanted: u64 = cfg.listeners.tcp.values().filter(|l| l.enable).map(|l| l.max_connections as u64).sum();
+    // A few descriptors go to listeners, the store and logs.
+    let usable = lim.rlim_cur.saturating_sub(64);
+    if usable < wanted {
+        tracing::warn!(
+            open_file_limit = lim.rlim_cur,
+            max_connections = wanted,
+            "the open-file limit caps connections at about {usable}, below the listeners' max_connections; raise it with `ulimit -n` / LimitNOFILE"
+        );
+    }
 }
 
 fn init_logging(level: &str) {
