@@ -315,6 +315,8 @@ impl Broker {
         ops.push(self.session_record(handle, &state, will.as_ref(), true));
         self.submit_logged(ops);
         let generation = handle.detach(Some(state));
+        // Offline now: its stored backlog lives on disk, not in RAM.
+        handle.spill();
         let expiry_ms = u64::from(expiry) * 1000;
         self.schedule_offline(handle, generation, will, expiry_ms, expiry_ms);
     }
@@ -402,7 +404,10 @@ impl Broker {
             Metrics::inc(&self.metrics.dropped_session_ended);
         }
         let mut ops = Vec::new();
-        for d in redispatchable.into_iter().map(|e| e.delivery).chain(handle.clear_queue()) {
+        let (queued, on_disk) = handle.clear_queue();
+        // Slots whose message is only on disk go with the session's DeleteSession below.
+        self.metrics.dropped_session_ended.fetch_add(on_disk as u64, Ordering::Relaxed);
+        for d in redispatchable.into_iter().map(|e| e.delivery).chain(queued) {
             if d.shared.is_some() && self.redispatch_or_keep(handle, d, &mut ops).is_ok() {
                 continue;
             }

@@ -7,7 +7,7 @@ use crate::config::{Config, FsyncMode};
 use crate::message::{Delivery, Message};
 use crate::persist::{self, Corrupt};
 use crate::router::SubEntry;
-use crate::session::{InflightEntry, SessionHandle, SessionState};
+use crate::session::{InflightEntry, Queued, SessionHandle, SessionState};
 use halyard_store::{Fsync, Op, RedbStore, Restored, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -42,6 +42,60 @@ impl Broker {
         let broker = Broker::with_store(config, store, restored.next_message_id);
         broker.restore(restored).map_err(|source| OpenError::Record { source, path, dir })?;
         Ok(broker)
+    }
+
+    /// The deliveries behind stored queue slots (`seqs` ascending), read from the store in order. Entries
+    /// submitted but not yet committed are waited for once (a session that drains right after going offline).
+    /// A slot whose entry is gone (dropped, or the record is damaged) is skipped and counted.
+    pub fn load_stored(&self, handle: &SessionHandle, seqs: &[u64]) -> Vec<Delivery> {
+        let mut found = self.read_entries(handle, seqs);
+        if found.len() < seqs.len() {
+            if let Err(e) = self.store.flush() {
+                tracing::error!(error = %e, "cannot flush the store");
+            }
+            found = self.read_entries(handle, seqs);
+        }
+        let missing = seqs.len() - found.len();
+        if missing > 0 {
+            tracing::warn!(client_id = %handle.client_id, missing, "stored queue entries could not be read");
+            self.metrics.dropped_session_ended.fetch_add(missing as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        found
+    }
+
+    fn read_entries(&self, handle: &SessionHandle, seqs: &[u64]) -> Vec<Delivery> {
+        let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else { return Vec::new() };
+        let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut after = first.saturating_sub(1);
+        while after < last {
+            let page = match self.store.load_queue(&handle.client_id, after, seqs.len().max(64)) {
+                Ok(p) if !p.is_empty() => p,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a stored queue");
+                    break;
+                }
+            };
+            for (seq, meta, msg_id, blob) in page {
+                after = seq;
+                if !wanted.contains(&seq) {
+                    continue;
+                }
+                let (Ok(meta), Ok(msg)) = (persist::decode_meta(meta), persist::decode_message(msg_id, blob)) else {
+                    continue;
+                };
+                out.push(Delivery {
+                    msg: Arc::new(msg),
+                    qos: meta.qos,
+                    retain: meta.retain,
+                    sub_ids: meta.sub_ids,
+                    shared: meta.shared,
+                    seq,
+                });
+            }
+        }
+        out
     }
 
     fn restore(self: &Arc<Self>, r: Restored) -> Result<(), Corrupt> {
@@ -100,34 +154,35 @@ impl Broker {
                     after = seq;
                     entries += 1;
                     let meta = persist::decode_meta(meta)?;
-                    let msg = match messages.get(&msg_id) {
-                        Some(m) => m.clone(),
-                        None => {
-                            let m = Arc::new(persist::decode_message(msg_id, blob)?);
-                            messages.insert(msg_id, m.clone());
-                            m
-                        }
-                    };
-                    let d = Delivery {
-                        msg,
-                        qos: meta.qos,
-                        retain: meta.retain,
-                        sub_ids: meta.sub_ids,
-                        shared: meta.shared,
-                        seq,
-                    };
                     match meta.stage {
                         // Sent before the restart: resent with DUP (or PUBREL) when the client is back [MQTT-4.4.0-1].
                         Some(stage) if meta.packet_id != 0 => {
+                            let msg = match messages.get(&msg_id) {
+                                Some(m) => m.clone(),
+                                None => {
+                                    let m = Arc::new(persist::decode_message(msg_id, blob)?);
+                                    messages.insert(msg_id, m.clone());
+                                    m
+                                }
+                            };
+                            let delivery = Delivery {
+                                msg,
+                                qos: meta.qos,
+                                retain: meta.retain,
+                                sub_ids: meta.sub_ids,
+                                shared: meta.shared,
+                                seq,
+                            };
                             state.last_packet_id = state.last_packet_id.max(meta.packet_id);
                             state.inflight.push_back(InflightEntry {
                                 packet_id: meta.packet_id,
-                                delivery: d,
+                                delivery,
                                 stage,
                                 sent_at: Instant::now(),
                             });
                         }
-                        _ => handle.restore_queued(d),
+                        // Not sent yet: it keeps its place; the message stays on disk until the session drains it.
+                        _ => handle.restore_queued(Queued::Stored { seq, qos: meta.qos }),
                     }
                 }
             }

@@ -18,6 +18,30 @@ use tokio::sync::{oneshot, Notify};
 
 pub type SessionId = u64;
 
+/// One mqueue slot: a delivery in memory, or a stored delivery whose message stays on disk until the session
+/// drains it (an offline persistent session's backlog does not occupy RAM beyond this slot).
+#[derive(Debug, Clone)]
+pub enum Queued {
+    Ready(Delivery),
+    Stored { seq: u64, qos: QoS },
+}
+
+impl Queued {
+    fn qos(&self) -> QoS {
+        match self {
+            Queued::Ready(d) => d.qos,
+            Queued::Stored { qos, .. } => *qos,
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        match self {
+            Queued::Ready(d) => d.seq,
+            Queued::Stored { seq, .. } => *seq,
+        }
+    }
+}
+
 /// What another task may ask of the connection task that owns a session.
 #[derive(Debug)]
 pub enum Control {
@@ -32,7 +56,7 @@ pub enum Control {
 pub struct SessionHandle {
     pub id: SessionId,
     pub client_id: Arc<str>,
-    queue: Mutex<VecDeque<Delivery>>,
+    queue: Mutex<VecDeque<Queued>>,
     max_queue_len: AtomicUsize,
     store_qos0: AtomicBool,
     notify: Notify,
@@ -113,14 +137,19 @@ impl SessionHandle {
             }
             if q.len() >= max {
                 if let Some(old) = q.pop_front() {
-                    if old.seq != 0 {
-                        ops.push(Op::Dequeue { client: self.client_id.clone(), seq: old.seq });
+                    if old.seq() != 0 {
+                        ops.push(Op::Dequeue { client: self.client_id.clone(), seq: old.seq() });
                     }
                     Metrics::inc(&metrics.dropped_queue_full);
-                    tracing::debug!(client_id = %self.client_id, topic = %old.msg.topic, max, "mqueue full: oldest message dropped");
+                    tracing::debug!(client_id = %self.client_id, seq = old.seq(), max, "mqueue full: oldest message dropped");
                 }
             }
-            q.push_back(d);
+            // Offline and stored: the store holds it; the queue keeps its place only.
+            if !online && d.seq != 0 {
+                q.push_back(Queued::Stored { seq: d.seq, qos: d.qos });
+            } else {
+                q.push_back(Queued::Ready(d));
+            }
             holds_back && q.len() >= high_water(max)
         };
         self.notify.notify_one();
@@ -148,16 +177,16 @@ impl SessionHandle {
 
     /// Pops deliveries in order into `out`: QoS 0 ones freely, QoS 1/2 ones only while `qos12_room` lasts, and at
     /// most `max` in all. Stops at the first QoS 1/2 delivery that does not fit, so order is kept.
-    pub fn take(&self, mut qos12_room: usize, max: usize, out: &mut Vec<Delivery>) {
+    pub fn take(&self, mut qos12_room: usize, max: usize, out: &mut Vec<Queued>) {
         let mut q = self.queue.lock();
         while out.len() < max {
             match q.front() {
-                Some(d) if d.qos != QoS::AtMostOnce && qos12_room == 0 => break,
+                Some(d) if d.qos() != QoS::AtMostOnce && qos12_room == 0 => break,
                 Some(_) => {}
                 None => break,
             }
             if let Some(d) = q.pop_front() {
-                if d.qos != QoS::AtMostOnce {
+                if d.qos() != QoS::AtMostOnce {
                     qos12_room -= 1;
                 }
                 out.push(d);
@@ -172,20 +201,52 @@ impl SessionHandle {
         self.queue.lock().len()
     }
 
-    /// Removes and returns the queued deliveries that came through a shared subscription.
+    /// Removes and returns the queued deliveries (in memory) that came through a shared subscription.
     pub fn take_shared_queued(&self) -> Vec<Delivery> {
         let mut q = self.queue.lock();
-        if !q.iter().any(|d| d.shared.is_some()) {
+        let is_shared = |d: &Queued| matches!(d, Queued::Ready(d) if d.shared.is_some());
+        if !q.iter().any(is_shared) {
             return Vec::new();
         }
-        let (shared, own): (VecDeque<Delivery>, VecDeque<Delivery>) = q.drain(..).partition(|d| d.shared.is_some());
+        let (shared, own): (VecDeque<Queued>, VecDeque<Queued>) = q.drain(..).partition(is_shared);
         *q = own;
-        shared.into()
+        shared
+            .into_iter()
+            .filter_map(|d| match d {
+                Queued::Ready(d) => Some(d),
+                Queued::Stored { .. } => None,
+            })
+            .collect()
     }
 
-    /// Empties the queue (the session ended); returns what was in it.
-    pub fn clear_queue(&self) -> Vec<Delivery> {
-        self.queue.lock().drain(..).collect()
+    /// Empties the queue (the session ended); returns the deliveries that were in memory and how many slots
+    /// were on disk only (the caller's DeleteSession removes those).
+    pub fn clear_queue(&self) -> (Vec<Delivery>, usize) {
+        let mut on_disk = 0;
+        let ready = self
+            .queue
+            .lock()
+            .drain(..)
+            .filter_map(|d| match d {
+                Queued::Ready(d) => Some(d),
+                Queued::Stored { .. } => {
+                    on_disk += 1;
+                    None
+                }
+            })
+            .collect();
+        (ready, on_disk)
+    }
+
+    /// The session went offline: stored deliveries give their memory back and keep their place as slots.
+    pub(crate) fn spill(&self) {
+        for slot in self.queue.lock().iter_mut() {
+            if let Queued::Ready(d) = slot {
+                if d.seq != 0 {
+                    *slot = Queued::Stored { seq: d.seq, qos: d.qos };
+                }
+            }
+        }
     }
 
     /// Resolves when something was pushed since the last call (a permit is stored, so no wake-up is lost).
@@ -226,9 +287,9 @@ impl SessionHandle {
         self.next_seq.store(next.max(1), Ordering::Relaxed);
     }
 
-    /// Puts a restored delivery back in the queue without touching the store (start-up).
-    pub(crate) fn restore_queued(&self, d: Delivery) {
-        self.queue.lock().push_back(d);
+    /// Puts a restored slot back in the queue without touching the store (start-up).
+    pub(crate) fn restore_queued(&self, slot: Queued) {
+        self.queue.lock().push_back(slot);
     }
 
     pub(crate) fn set_parked(&self, state: SessionState) {

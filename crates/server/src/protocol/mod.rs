@@ -96,7 +96,7 @@ pub struct Conn {
     /// Outbound topic aliases the broker assigned (broker → client).
     aliases_out: HashMap<Utf8, u16>,
     /// Scratch buffer for deliveries taken from the session queue.
-    batch: Vec<halyard_core::Delivery>,
+    batch: Vec<halyard_core::session::Queued>,
     /// Sessions whose backlog asks this publisher to hold back; while non-empty the driver processes only
     /// acknowledgements and pings and holds every other packet.
     congested: Vec<Arc<SessionHandle>>,

@@ -7,7 +7,7 @@ use halyard_codec::reason::rc;
 use halyard_codec::{Packet, Properties, ProtocolVersion, PubResp, Publish, QoS, Utf8};
 use halyard_core::metrics::Metrics;
 use halyard_core::persist::{encode_meta, EntryMeta};
-use halyard_core::session::{InflightEntry, Stage};
+use halyard_core::session::{InflightEntry, Queued, SessionHandle, Stage};
 use halyard_core::Delivery;
 use halyard_store::Op;
 use std::time::Instant;
@@ -30,14 +30,33 @@ impl Conn {
             let mut batch = std::mem::take(&mut self.batch);
             session.take(room, FILL_BATCH, &mut batch);
             let n = batch.len();
-            for d in batch.drain(..) {
-                self.deliver(d, now);
+            // Runs of slots whose message is on disk are read in one go, keeping queue order.
+            let mut stored = Vec::new();
+            for slot in batch.drain(..) {
+                match slot {
+                    Queued::Stored { seq, .. } => stored.push(seq),
+                    Queued::Ready(d) => {
+                        self.deliver_stored(&session, &mut stored, now);
+                        self.deliver(d, now);
+                    }
+                }
             }
+            self.deliver_stored(&session, &mut stored, now);
             self.batch = batch;
             if n < FILL_BATCH {
                 break;
             }
         }
+    }
+
+    fn deliver_stored(&mut self, session: &SessionHandle, seqs: &mut Vec<u64>, now: Instant) {
+        if seqs.is_empty() {
+            return;
+        }
+        for d in self.broker.load_stored(session, seqs) {
+            self.deliver(d, now);
+        }
+        seqs.clear();
     }
 
     fn deliver(&mut self, d: Delivery, now: Instant) {
