@@ -165,8 +165,12 @@ impl Broker {
         if retained {
             self.retainer.store(&msg);
         }
+        let mut targets = Vec::new();
+        let matched = self.router.route(&msg, self.strategy(), &self.metrics, &mut targets);
         let mut ops = Vec::new();
-        let matched = self.router.route(&msg, self.strategy(), &self.metrics, congested, &mut ops);
+        for (session, d) in targets.iter_mut() {
+            session.reserve(d, &mut ops);
+        }
         let mut blob = None;
         if !ops.is_empty() {
             let b = persist::encode_message(&msg);
@@ -183,7 +187,42 @@ impl Broker {
                 ops.push(Op::PutRetained { topic, data });
             }
         }
-        Published { matched, ticket: self.submit(ops) }
+        // Stored first, queued second: a subscriber's acknowledgement (its Dequeue) cannot overtake the Enqueue.
+        let ticket = self.submit(ops);
+        let mut drops = Vec::new();
+        for (session, d) in targets {
+            if session.push(d, &self.metrics, &mut drops) {
+                congested.push(session);
+            }
+        }
+        self.submit_logged(drops);
+        Published { matched, ticket }
+    }
+
+    /// Hands shared-subscription deliveries of `leaving` to other members of their groups: the new entries are
+    /// submitted before the deliveries are queued, and the old entries removed after. Returns what no other
+    /// member could take.
+    fn redispatch_all(&self, leaving: &SessionHandle, deliveries: Vec<Delivery>) -> Vec<Delivery> {
+        let (mut moved, mut kept, mut ops, mut gone) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for d in deliveries {
+            match self.router.redispatch(&d, leaving.id, self.strategy()) {
+                Some((session, mut nd)) => {
+                    session.reserve(&mut nd, &mut ops);
+                    if d.seq != 0 {
+                        gone.push(Op::Dequeue { client: leaving.client_id.clone(), seq: d.seq });
+                    }
+                    moved.push((session, nd));
+                }
+                None => kept.push(d),
+            }
+        }
+        self.submit_logged(ops);
+        for (session, d) in moved {
+            let _ = session.push(d, &self.metrics, &mut gone);
+            Metrics::inc(&self.metrics.shared_redispatched);
+        }
+        self.submit_logged(gone);
+        kept
     }
 
     /// Gives the session for `client_id` to a new connection whose control channel is `control`. An existing
@@ -289,64 +328,83 @@ impl Broker {
         // Offline: shared-subscription messages this member has not finished go to another member. Only QoS 1
         // ones: a QoS 2 delivery that started must be completed to this member when it reconnects
         // [MQTT-4.8.2-4]. Queued messages it never saw may go to anyone.
+        let (moving, staying): (Vec<_>, Vec<_>) =
+            state.inflight.drain(..).partition(|e| e.delivery.shared.is_some() && e.stage == Stage::AwaitPubAck);
+        state.inflight = staying.into();
+        // One at a time (a rare path): what no other member takes stays in flight with this session.
+        for e in moving {
+            if !self.redispatch_all(handle, vec![e.delivery.clone()]).is_empty() {
+                state.inflight.push_back(e);
+            }
+        }
         let mut ops = Vec::new();
-        let mut kept = std::collections::VecDeque::with_capacity(state.inflight.len());
-        for e in state.inflight.drain(..) {
-            if e.delivery.shared.is_some() && e.stage == Stage::AwaitPubAck {
-                let seq = e.delivery.seq;
-                if self.redispatch_or_keep(handle, e.delivery.clone(), &mut ops).is_ok() {
-                    self.forget_entry(handle, seq, &mut ops);
-                    continue;
-                }
-            }
-            kept.push_back(e);
+        for d in self.redispatch_all(handle, handle.take_shared_queued()) {
+            // Back into its own (now offline) queue: offline sessions hold nobody back.
+            let _ = handle.push(d, &self.metrics, &mut ops);
         }
-        state.inflight = kept;
-        for d in handle.take_shared_queued() {
-            let seq = d.seq;
-            match self.redispatch_or_keep(handle, d, &mut ops) {
-                Ok(()) => self.forget_entry(handle, seq, &mut ops),
-                // Back into its own (now offline) queue: offline sessions hold nobody back.
-                Err(d) => {
-                    let _ = handle.push(d, &self.metrics, &mut ops);
-                }
+        let expiry_ms = u64::from(expiry) * 1000;
+        // A will due now goes now and is not stored; a delayed one is stored so it survives a restart.
+        let mut will_delay_ms = None;
+        let pending = match will {
+            Some(w) if (u64::from(w.delay) * 1000).min(expiry_ms) == 0 => {
+                self.publish_will(handle, w);
+                None
             }
-        }
-        ops.push(self.session_record(handle, &state, will.as_ref(), true));
+            Some(w) => {
+                will_delay_ms = Some((u64::from(w.delay) * 1000).min(expiry_ms));
+                Some(w)
+            }
+            None => None,
+        };
+        handle.set_offline_since(persist::unix_ms_now());
+        ops.push(self.session_record(handle, &state, pending.as_ref(), true));
         self.submit_logged(ops);
+        // Before the handle goes offline: a reconnect from then on finds the will and cancels it.
+        if let Some(w) = pending {
+            handle.set_pending_will(w);
+        }
         let generation = handle.detach(Some(state));
         // Offline now: its stored backlog lives on disk, not in RAM.
         handle.spill();
-        let expiry_ms = u64::from(expiry) * 1000;
-        self.schedule_offline(handle, generation, will, expiry_ms, expiry_ms);
+        self.schedule_offline(handle, generation, will_delay_ms, expiry_ms);
+    }
+
+    /// Rewrites an offline session's record without its will (once the will is published).
+    pub(crate) fn forget_stored_will(&self, handle: &SessionHandle) {
+        if let Some(subscriptions) = handle.parked_subscription_records() {
+            let rec = SessionRecord {
+                expiry_interval: handle.expiry_interval(),
+                disconnected_at_ms: handle.offline_since(),
+                subscriptions,
+                will: None,
+                awaiting_rel: Vec::new(),
+            };
+            let op = Op::PutSession { client: handle.client_id.clone(), data: persist::encode_session(&rec) };
+            self.submit_logged(vec![op]);
+        }
     }
 
     /// Timers of an offline session: its will after `min(will delay, expiry)`, its end after the expiry.
     /// Both are tagged with the session's generation, so a reconnect makes them inert.
+    /// The pending will (already set on the handle) goes after `will_delay_ms` unless a reconnect took it.
     pub(crate) fn schedule_offline(
         self: &Arc<Self>,
         handle: &Arc<SessionHandle>,
         generation: u64,
-        will: Option<Will>,
-        will_cap_ms: u64,
+        will_delay_ms: Option<u64>,
         expiry_ms: u64,
     ) {
-        if let Some(w) = will {
-            let delay_ms = (u64::from(w.delay) * 1000).min(will_cap_ms);
-            if delay_ms == 0 {
-                self.publish_will(handle, w);
-            } else {
-                handle.set_pending_will(w);
-                let (broker, h) = (self.clone(), handle.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                    if h.generation() == generation {
-                        if let Some(w) = h.take_pending_will() {
-                            broker.publish_will(&h, w);
-                        }
+        if let Some(delay_ms) = will_delay_ms {
+            let (broker, h) = (self.clone(), handle.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                if h.generation() == generation {
+                    if let Some(w) = h.take_pending_will() {
+                        broker.publish_will(&h, w);
+                        broker.forget_stored_will(&h);
                     }
-                });
-            }
+                }
+            });
         }
         let (broker, h) = (self.clone(), handle.clone());
         tokio::spawn(async move {
@@ -359,21 +417,6 @@ impl Broker {
                 broker.end_session(&h, state);
             }
         });
-    }
-
-    /// Removes a stored queue entry that moved elsewhere or finished.
-    fn forget_entry(&self, handle: &SessionHandle, seq: u64, ops: &mut Vec<Op>) {
-        if seq != 0 {
-            ops.push(Op::Dequeue { client: handle.client_id.clone(), seq });
-        }
-    }
-
-    fn redispatch_or_keep(&self, handle: &SessionHandle, d: Delivery, ops: &mut Vec<Op>) -> Result<(), Delivery> {
-        if self.router.redispatch(d.clone(), handle.id, self.strategy(), &self.metrics, ops) {
-            Ok(())
-        } else {
-            Err(d)
-        }
     }
 
     /// The session is over: it leaves the registry and the router; unfinished shared messages go to other
@@ -403,24 +446,24 @@ impl Broker {
         for _ in started_qos2 {
             Metrics::inc(&self.metrics.dropped_session_ended);
         }
-        let mut ops = Vec::new();
-        let (queued, on_disk) = handle.clear_queue();
-        // Slots whose message is only on disk go with the session's DeleteSession below.
+        let (mut queued, stored_shared, on_disk) = handle.clear_queue();
+        // Slots whose message is only on disk go with the session's DeleteSession below, except shared ones,
+        // which another member gets (read back first; their new entries are submitted before the delete).
         self.metrics.dropped_session_ended.fetch_add(on_disk as u64, Ordering::Relaxed);
-        for d in redispatchable.into_iter().map(|e| e.delivery).chain(queued) {
-            if d.shared.is_some() && self.redispatch_or_keep(handle, d, &mut ops).is_ok() {
-                continue;
-            }
-            Metrics::inc(&self.metrics.dropped_session_ended);
-        }
-        // After the redispatches in the same batch: their new entries keep the shared messages alive.
+        queued.extend(self.load_stored(handle, &stored_shared));
+        let (shared, own): (Vec<_>, Vec<_>) =
+            redispatchable.into_iter().map(|e| e.delivery).chain(queued).partition(|d| d.shared.is_some());
+        let lost = own.len() + self.redispatch_all(handle, shared).len();
+        self.metrics.dropped_session_ended.fetch_add(lost as u64, Ordering::Relaxed);
+        let mut ops = Vec::new();
+        // After the redispatches' submissions: their new entries keep the shared messages alive.
         if handle.was_stored() {
             ops.push(Op::DeleteSession { client: handle.client_id.clone() });
         }
         self.submit_logged(ops);
     }
 
-    fn publish_will(&self, handle: &SessionHandle, w: Will) {
+    pub(crate) fn publish_will(&self, handle: &SessionHandle, w: Will) {
         Metrics::inc(&self.metrics.wills_published);
         tracing::debug!(client_id = %handle.client_id, topic = %w.topic, "publishing will message");
         self.publish(self.will_message(handle, w));

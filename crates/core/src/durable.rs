@@ -58,7 +58,7 @@ impl Broker {
         let missing = seqs.len() - found.len();
         if missing > 0 {
             tracing::warn!(client_id = %handle.client_id, missing, "stored queue entries could not be read");
-            self.metrics.dropped_session_ended.fetch_add(missing as u64, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.stored_entries_unreadable.fetch_add(missing as u64, std::sync::atomic::Ordering::Relaxed);
         }
         found
     }
@@ -111,6 +111,8 @@ impl Broker {
         // Messages queued for many sessions are decoded once and shared, as they were before the restart.
         let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
         let mut ops = Vec::new();
+        let mut due_wills = Vec::new();
+        let mut due_wills_now: Vec<(Arc<SessionHandle>, Will)> = Vec::new();
         let (mut restored, mut expired, mut entries) = (0usize, 0usize, 0usize);
         for (client, blob) in r.sessions {
             let rec = persist::decode_session(blob)?;
@@ -126,8 +128,9 @@ impl Broker {
             let will: Option<Will> = rec.will.clone().map(Into::into);
             if elapsed >= expiry_ms {
                 expired += 1;
+                // Published once every session is back, so that restored subscribers get it too.
                 if let Some(w) = will {
-                    self.publish(self.will_message(&handle, w));
+                    due_wills.push(self.will_message(&handle, w));
                 }
                 self.registry.remove(&handle);
                 ops.push(Op::DeleteSession { client: handle.client_id.clone() });
@@ -182,7 +185,9 @@ impl Broker {
                             });
                         }
                         // Not sent yet: it keeps its place; the message stays on disk until the session drains it.
-                        _ => handle.restore_queued(Queued::Stored { seq, qos: meta.qos }),
+                        _ => {
+                            handle.restore_queued(Queued::Stored { seq, qos: meta.qos, shared: meta.shared.is_some() })
+                        }
                     }
                 }
             }
@@ -190,13 +195,30 @@ impl Broker {
             handle.set_parked(state);
             let generation = handle.generation();
             let left_ms = expiry_ms - elapsed;
-            // The will delay also counts from the disconnection.
-            let will_left_ms = will.as_ref().map(|w| (u64::from(w.delay) * 1000).saturating_sub(elapsed)).unwrap_or(0);
-            self.schedule_offline(&handle, generation, will, will_left_ms.min(left_ms), left_ms);
+            handle.set_offline_since(offline_since);
+            // The will delay also counts from the disconnection; one already due goes after the restore.
+            let mut will_delay_ms = None;
+            if let Some(w) = will {
+                let left = (u64::from(w.delay) * 1000).saturating_sub(elapsed).min(left_ms);
+                if left == 0 {
+                    due_wills_now.push((handle.clone(), w));
+                } else {
+                    handle.set_pending_will(w);
+                    will_delay_ms = Some(left);
+                }
+            }
+            self.schedule_offline(&handle, generation, will_delay_ms, left_ms);
             restored += 1;
         }
         if let Err(e) = self.submit(ops) {
             tracing::error!(error = %e, "cannot remove expired sessions from the store");
+        }
+        for (handle, w) in due_wills_now {
+            self.publish_will(&handle, w);
+            self.forget_stored_will(&handle);
+        }
+        for m in due_wills {
+            self.publish(m);
         }
         tracing::info!(
             sessions = restored,

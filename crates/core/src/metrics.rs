@@ -47,6 +47,8 @@ counters! {
     backpressure_timeouts,
     /// Shared-subscription messages handed to another member after theirs left.
     shared_redispatched,
+    /// Stored queue entries that could not be read back (damaged record or missing entry).
+    stored_entries_unreadable,
     /// Will messages published.
     wills_published,
     /// Sessions taken over by a new connection with the same client id.

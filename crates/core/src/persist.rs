@@ -344,7 +344,7 @@ pub fn encode_meta(m: &EntryMeta) -> Bytes {
         Some(Stage::AwaitPubRec) => 2,
         Some(Stage::AwaitPubComp) => 3,
     };
-    w.u8(m.qos as u8).u8(u8::from(m.retain)).u16(m.packet_id).u8(stage).u16(m.sub_ids.len() as u16);
+    w.u8(m.qos as u8).u8(u8::from(m.retain)).u16(m.packet_id).u8(stage).u32(m.sub_ids.len() as u32);
     for id in &m.sub_ids {
         w.u32(*id);
     }
@@ -372,8 +372,9 @@ pub fn decode_meta(b: Bytes) -> Result<EntryMeta, Corrupt> {
         3 => Some(Stage::AwaitPubComp),
         _ => return Err(Corrupt { what }),
     };
-    let n = r.u16()?;
-    let mut sub_ids = Vec::with_capacity(usize::from(n));
+    // Bounded by what the record holds, not by the count it claims.
+    let n = r.u32()? as usize;
+    let mut sub_ids = Vec::with_capacity(n.min(r.b.len() / 4));
     for _ in 0..n {
         sub_ids.push(r.u32()?);
     }

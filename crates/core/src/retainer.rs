@@ -6,6 +6,21 @@ use parking_lot::RwLock;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// A copy of `m` that owns its bytes. Retained messages live indefinitely; sharing the publisher's read buffer
+/// would keep that whole buffer alive for each of them.
+fn detached(m: &Message) -> Message {
+    Message {
+        id: m.id,
+        topic: halyard_codec::Utf8::from(m.topic.as_str()),
+        payload: bytes::Bytes::copy_from_slice(&m.payload),
+        qos: m.qos,
+        retain: m.retain,
+        properties: m.properties.clone(),
+        publisher: m.publisher.clone(),
+        expires_at: m.expires_at,
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Retainer {
     tree: RwLock<RetainedTree<Arc<Message>>>,
@@ -18,7 +33,7 @@ impl Retainer {
         if msg.payload.is_empty() {
             tree.remove(&msg.topic);
         } else {
-            tree.insert(&msg.topic, msg.clone());
+            tree.insert(&msg.topic, Arc::new(detached(msg)));
         }
     }
 

@@ -72,15 +72,15 @@ impl Router {
         }
     }
 
-    /// Routes one message to every matching session; returns how many sessions got it. Sessions that asked the
-    /// publisher to hold back (see `SessionHandle::push`) are appended to `congested`.
+    /// Finds every session that gets `msg` and the delivery each gets, into `out`; returns how many. Nothing is
+    /// queued here: the broker stores the deliveries first and then queues them, so that no subscriber can
+    /// acknowledge a delivery before the store has its entry.
     pub fn route(
         &self,
         msg: &Arc<Message>,
         strategy: SharedStrategy,
         metrics: &Metrics,
-        congested: &mut Vec<Arc<SessionHandle>>,
-        ops: &mut Vec<halyard_store::Op>,
+        out: &mut Vec<(Arc<SessionHandle>, Delivery)>,
     ) -> usize {
         let topic = msg.topic.as_str();
         let mut targets: Vec<(SubEntry, QoS, bool, Vec<u32>)> = Vec::new();
@@ -104,65 +104,40 @@ impl Router {
                 true
             });
         }
-        let mut picked: Vec<(SubEntry, Arc<SharedOrigin>)> = Vec::new();
+        let before = out.len();
+        for (e, qos, rap, sub_ids) in targets {
+            out.push((e.session, delivery(msg, qos, rap, sub_ids, None)));
+        }
         self.shared.read().for_each_match(topic, |filter, group, grp| {
             if let Some(m) = grp.pick(strategy, msg.publisher.as_deref(), topic, None) {
                 let origin = Arc::new(SharedOrigin { group: group.clone(), filter: Arc::from(filter) });
-                picked.push((m.clone(), origin));
+                let sub_ids = m.sub_id.into_iter().collect();
+                let d = delivery(msg, m.options.qos, m.options.retain_as_published, sub_ids, Some(origin));
+                out.push((m.session.clone(), d));
             }
         });
-        let n = targets.len() + picked.len();
-        for (e, qos, rap, sub_ids) in targets {
-            if e.session.push(delivery(msg, qos, rap, sub_ids, None), metrics, ops) {
-                congested.push(e.session);
-            }
-        }
-        for (e, origin) in picked {
-            let sub_ids = e.sub_id.into_iter().collect();
-            let d = delivery(msg, e.options.qos, e.options.retain_as_published, sub_ids, Some(origin));
-            if e.session.push(d, metrics, ops) {
-                congested.push(e.session);
-            }
-        }
+        let n = out.len() - before;
         if n == 0 {
             Metrics::inc(&metrics.messages_no_subscribers);
         }
         n
     }
 
-    /// Gives a shared-subscription delivery to another member of its group. Returns false when no other member
-    /// exists (the caller decides what becomes of it).
-    /// A stored delivery gets a new entry in the new member's queue (`ops`); the caller removes the old one.
+    /// Another member of a shared-subscription delivery's group, with the delivery it gets; `None` when no
+    /// other member exists (the caller decides what becomes of it).
     pub fn redispatch(
         &self,
-        d: Delivery,
+        d: &Delivery,
         leaving: SessionId,
         strategy: SharedStrategy,
-        metrics: &Metrics,
-        ops: &mut Vec<halyard_store::Op>,
-    ) -> bool {
-        let Some(origin) = d.shared.clone() else { return false };
-        let target = {
-            let shared = self.shared.read();
-            shared
-                .get(&origin.filter, &origin.group)
-                .and_then(|g| g.pick(strategy, d.msg.publisher.as_deref(), &d.msg.topic, Some(leaving)).cloned())
-        };
-        match target {
-            Some(e) => {
-                let redelivered = delivery(
-                    &d.msg,
-                    e.options.qos,
-                    e.options.retain_as_published,
-                    e.sub_id.into_iter().collect(),
-                    Some(origin),
-                );
-                let _ = e.session.push(redelivered, metrics, ops);
-                Metrics::inc(&metrics.shared_redispatched);
-                true
-            }
-            None => false,
-        }
+    ) -> Option<(Arc<SessionHandle>, Delivery)> {
+        let origin = d.shared.clone()?;
+        let shared = self.shared.read();
+        let e = shared
+            .get(&origin.filter, &origin.group)
+            .and_then(|g| g.pick(strategy, d.msg.publisher.as_deref(), &d.msg.topic, Some(leaving)))?;
+        let sub_ids = e.sub_id.into_iter().collect();
+        Some((e.session.clone(), delivery(&d.msg, e.options.qos, e.options.retain_as_published, sub_ids, Some(origin))))
     }
 
     pub fn subscription_count(&self) -> usize {

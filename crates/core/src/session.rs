@@ -23,7 +23,12 @@ pub type SessionId = u64;
 #[derive(Debug, Clone)]
 pub enum Queued {
     Ready(Delivery),
-    Stored { seq: u64, qos: QoS },
+    /// `shared`: it came through a shared subscription, so if this session ends it goes to another member.
+    Stored {
+        seq: u64,
+        qos: QoS,
+        shared: bool,
+    },
 }
 
 impl Queued {
@@ -74,6 +79,8 @@ pub struct SessionHandle {
     next_seq: AtomicU64,
     /// Whether a record of this session was ever written to the store (so its end must delete it).
     stored: AtomicBool,
+    /// When the session last went offline (ms since the epoch), as its stored record says.
+    offline_since: AtomicU64,
     parked: Mutex<Option<SessionState>>,
     /// A will waiting for its delay while the session is offline. Whatever ends the session first (the delay,
     /// the session's expiry, a clean start) takes and publishes it; a resume cancels it.
@@ -100,6 +107,7 @@ impl SessionHandle {
             expiry_interval: AtomicU32::new(0),
             next_seq: AtomicU64::new(1),
             stored: AtomicBool::new(false),
+            offline_since: AtomicU64::new(0),
             parked: Mutex::new(None),
             pending_will: Mutex::new(None),
             owner: Mutex::new(None),
@@ -125,16 +133,8 @@ impl SessionHandle {
         let holds_back = online && d.qos != QoS::AtMostOnce;
         let congested = {
             let mut q = self.queue.lock();
-            // Under the queue lock, so queue order and store order agree.
-            if d.seq == 0 && d.qos != QoS::AtMostOnce && d.msg.id != 0 && self.is_persistent() {
-                d.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-                ops.push(Op::Enqueue {
-                    client: self.client_id.clone(),
-                    seq: d.seq,
-                    msg: d.msg.id,
-                    meta: crate::persist::encode_meta(&crate::persist::EntryMeta::queued(&d)),
-                });
-            }
+            // Under the queue lock, so queue order and store order agree (when the caller did not reserve).
+            self.reserve(&mut d, ops);
             if q.len() >= max {
                 if let Some(old) = q.pop_front() {
                     if old.seq() != 0 {
@@ -146,7 +146,7 @@ impl SessionHandle {
             }
             // Offline and stored: the store holds it; the queue keeps its place only.
             if !online && d.seq != 0 {
-                q.push_back(Queued::Stored { seq: d.seq, qos: d.qos });
+                q.push_back(Queued::Stored { seq: d.seq, qos: d.qos, shared: d.shared.is_some() });
             } else {
                 q.push_back(Queued::Ready(d));
             }
@@ -154,6 +154,21 @@ impl SessionHandle {
         };
         self.notify.notify_one();
         congested
+    }
+
+    /// Gives a QoS 1/2 delivery of a stored message (`msg.id != 0`) to a persistent session its queue position
+    /// and `Enqueue` op, unless it has one. Done before `push` by callers that must submit the entry before the
+    /// delivery becomes visible to the session's connection.
+    pub fn reserve(&self, d: &mut Delivery, ops: &mut Vec<Op>) {
+        if d.seq == 0 && d.qos != QoS::AtMostOnce && d.msg.id != 0 && self.is_persistent() {
+            d.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            ops.push(Op::Enqueue {
+                client: self.client_id.clone(),
+                seq: d.seq,
+                msg: d.msg.id,
+                meta: crate::persist::encode_meta(&crate::persist::EntryMeta::queued(d)),
+            });
+        }
     }
 
     /// True while the queue is above its low-water mark and the session is online.
@@ -219,23 +234,19 @@ impl SessionHandle {
             .collect()
     }
 
-    /// Empties the queue (the session ended); returns the deliveries that were in memory and how many slots
-    /// were on disk only (the caller's DeleteSession removes those).
-    pub fn clear_queue(&self) -> (Vec<Delivery>, usize) {
-        let mut on_disk = 0;
-        let ready = self
-            .queue
-            .lock()
-            .drain(..)
-            .filter_map(|d| match d {
-                Queued::Ready(d) => Some(d),
-                Queued::Stored { .. } => {
-                    on_disk += 1;
-                    None
-                }
-            })
-            .collect();
-        (ready, on_disk)
+    /// Empties the queue (the session ended): the deliveries in memory, the positions of stored shared ones
+    /// (to hand to another member), and how many other slots were on disk only (the session's DeleteSession
+    /// removes those).
+    pub fn clear_queue(&self) -> (Vec<Delivery>, Vec<u64>, usize) {
+        let (mut ready, mut shared, mut on_disk) = (Vec::new(), Vec::new(), 0);
+        for slot in self.queue.lock().drain(..) {
+            match slot {
+                Queued::Ready(d) => ready.push(d),
+                Queued::Stored { seq, shared: true, .. } => shared.push(seq),
+                Queued::Stored { .. } => on_disk += 1,
+            }
+        }
+        (ready, shared, on_disk)
     }
 
     /// The session went offline: stored deliveries give their memory back and keep their place as slots.
@@ -243,7 +254,7 @@ impl SessionHandle {
         for slot in self.queue.lock().iter_mut() {
             if let Queued::Ready(d) = slot {
                 if d.seq != 0 {
-                    *slot = Queued::Stored { seq: d.seq, qos: d.qos };
+                    *slot = Queued::Stored { seq: d.seq, qos: d.qos, shared: d.shared.is_some() };
                 }
             }
         }
@@ -268,6 +279,19 @@ impl SessionHandle {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_offline_since(&self, ms: u64) {
+        self.offline_since.store(ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn offline_since(&self) -> u64 {
+        self.offline_since.load(Ordering::Relaxed)
+    }
+
+    /// The subscriptions of the parked (offline) state, to rewrite its record.
+    pub(crate) fn parked_subscription_records(&self) -> Option<HashMap<String, SubscriptionRecord>> {
+        self.parked.lock().as_ref().map(|s| s.subscriptions.clone())
     }
 
     pub(crate) fn mark_stored(&self) {

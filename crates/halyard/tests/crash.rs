@@ -54,6 +54,12 @@ impl Broker {
         Broker { child, port }
     }
 
+    /// SIGTERM and wait: a clean shutdown (the store is flushed).
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+
     fn kill9(mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
@@ -75,6 +81,15 @@ struct Client {
 
 impl Client {
     fn connect(port: u16, id: &str, clean: bool) -> Option<(Client, bool)> {
+        Client::connect_with_will(port, id, clean, None)
+    }
+
+    fn connect_with_will(
+        port: u16,
+        id: &str,
+        clean: bool,
+        will: Option<halyard_codec::LastWill>,
+    ) -> Option<(Client, bool)> {
         let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         let mut c = Client { s, buf: BytesMut::new() };
@@ -83,7 +98,7 @@ impl Client {
             clean_start: clean,
             keep_alive: 60,
             client_id: Utf8::from(id),
-            will: None,
+            will,
             username: None,
             password: None,
             properties: Properties::default(),
@@ -299,5 +314,40 @@ fn kill9_keeps_retained_messages() {
             other => panic!("retained messages missing after restart: have {}, got {other:?}", topics.len()),
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_published_will_is_not_published_again_after_restart() {
+    // A persistent session's will (no delay) goes out when its connection drops; the stored session must not
+    // bring it back at the next start (it was published once, [MQTT-3.1.2-8]). A clean restart: this checks what
+    // is stored, not what a crash loses.
+    let dir = data_dir("will-once");
+    let b = Broker::start(&dir);
+    let (mut watcher, _) = Client::connect(b.port, "will-watch", false).expect("watcher");
+    // QoS 0: the watcher's own copy is never stored, so only a re-published will could reach it after restart.
+    watcher.subscribe("wills/#", QoS::AtMostOnce);
+    let will = halyard_codec::LastWill {
+        topic: Utf8::from("wills/dev"),
+        payload: bytes::Bytes::from_static(b"offline"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::default(),
+    };
+    let (dev, _) = Client::connect_with_will(b.port, "dev", false, Some(will)).expect("device");
+    drop(dev);
+    match watcher.recv() {
+        Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"offline"),
+        other => panic!("expected the will, got {other:?}"),
+    }
+    drop(watcher);
+    b.stop();
+    let b = Broker::start(&dir);
+    let (mut watcher, present) = Client::connect(b.port, "will-watch", false).expect("watcher again");
+    assert!(present);
+    // Nothing more for the watcher: the will went out once. (A bounded wait for something that must not come.)
+    watcher.s.set_read_timeout(Some(Duration::from_millis(1500))).expect("timeout");
+    let got = watcher.recv();
+    assert!(got.is_none(), "will published again after restart: {got:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -84,6 +84,11 @@ async fn drive(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, mu
                 if let Err(e) = r {
                     break Close::lost(format!("write failed: {e}"));
                 }
+                // The queue's wake-up may have been spent while the buffer was full: look again now it drained.
+                if conn.wants_deliveries() {
+                    conn.fill(Instant::now());
+                    conn.submit_ops();
+                }
                 conn.release_idle_buffers();
             }
             r = rd.readable(), if want_read => {

@@ -4,7 +4,7 @@
 
 use super::{Close, Conn};
 use halyard_codec::reason::rc;
-use halyard_codec::{Packet, PubResp, Publish, QoS};
+use halyard_codec::{Packet, PubResp, Publish, QoS, Utf8};
 use halyard_core::metrics::Metrics;
 use halyard_core::Message;
 use std::sync::Arc;
@@ -57,8 +57,9 @@ impl Conn {
             QoS::ExactlyOnce => {
                 let pid = p.packet_id.unwrap_or(0);
                 if self.state.awaiting_rel.contains_key(&pid) {
-                    // A resend of a QoS 2 message we already have: acknowledge again, do not route again.
-                    self.send_ack(Packet::PubRec, pid, rc::SUCCESS, "");
+                    // A resend of a QoS 2 message we already have: acknowledge again (after the first
+                    // acknowledgement, which may still wait for its commit), do not route again.
+                    self.ack_when_stored(Packet::PubRec, pid, rc::SUCCESS, 0);
                     return Ok(());
                 }
                 if let Some((code, why)) = refusal {
@@ -75,7 +76,10 @@ impl Conn {
                     return Ok(());
                 }
                 let (code, ticket) = self.route(p, now)?;
-                self.state.awaiting_rel.insert(pid, now);
+                // A refused message (0x97) is not held: its retry must be routed, not answered as a duplicate.
+                if code < 0x80 {
+                    self.state.awaiting_rel.insert(pid, now);
+                }
                 self.ack_when_stored(Packet::PubRec, pid, code, ticket);
             }
         }
@@ -99,7 +103,8 @@ impl Conn {
                 None => return Err(Close::error(rc::PROTOCOL_ERROR, "unknown topic alias")),
             }
         } else {
-            self.aliases_in.insert(alias, p.topic.clone());
+            // A copy: the topic is a slice of the read buffer, and an alias lives as long as the connection.
+            self.aliases_in.insert(alias, Utf8::from(p.topic.as_str()));
         }
         Ok(())
     }
@@ -149,9 +154,15 @@ impl Conn {
     }
 
     /// PUBACK / PUBREC / PUBCOMP with a reason code (v5) and, for failures, a reason string.
+    /// Acknowledgements keep their order [MQTT-4.6.0-2], [MQTT-4.6.0-3]: one that needs no commit still waits
+    /// behind those that do.
     pub(super) fn send_ack(&mut self, kind: fn(PubResp) -> Packet, packet_id: u16, code: u8, why: &str) {
         let p = self.ack_packet(kind, packet_id, code, why);
-        self.send_trimmed(p);
+        if self.pending_acks.is_empty() {
+            self.send_trimmed(p);
+        } else {
+            self.pending_acks.push_back((0, p));
+        }
     }
 
     /// The acknowledgement of a stored publish goes out once the store has committed `ticket` (the message is

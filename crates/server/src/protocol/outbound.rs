@@ -63,6 +63,7 @@ impl Conn {
         if d.msg.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not delivered.
             Metrics::inc(&self.broker.metrics.dropped_expired);
+            self.finished(&d);
             return;
         }
         let packet_id = if d.qos == QoS::AtMostOnce {
@@ -73,11 +74,13 @@ impl Conn {
                 None => {
                     // Unreachable with a window of at most 65535; requeueing would reorder, so count and drop.
                     Metrics::inc(&self.broker.metrics.dropped_queue_full);
+                    self.finished(&d);
                     return;
                 }
             }
         };
         if !self.write_publish(&d, packet_id, false, now) {
+            self.finished(&d);
             return;
         }
         if let Some(packet_id) = packet_id {
@@ -131,7 +134,8 @@ impl Conn {
             p.topic = Utf8::default();
         } else if self.aliases_out.len() < usize::from(self.limits.topic_alias_maximum) {
             let alias = u16::try_from(self.aliases_out.len() + 1).unwrap_or(u16::MAX);
-            self.aliases_out.insert(p.topic.clone(), alias);
+            // A copy: the message's topic is a slice of its publisher's read buffer, which it would keep alive.
+            self.aliases_out.insert(Utf8::from(p.topic.as_str()), alias);
             p.properties.topic_alias = Some(alias);
         }
     }
