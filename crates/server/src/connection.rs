@@ -99,7 +99,19 @@ async fn drive(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, mu
                     rbuf.reserve(READ_CHUNK);
                 }
                 match rd.try_read_buf(&mut rbuf) {
-                    Ok(0) => break Close::lost("connection closed by client"),
+                    Ok(0) => {
+                        // What the client sent before closing still counts, held or not: a DISCONNECT among it
+                        // means no will [MQTT-3.1.2-10].
+                        let mut ended = None;
+                        while let Some(p) = hold.held.pop_front() {
+                            hold.waiting_on.clear();
+                            if let Some(c) = feed(&mut conn, p, &mut hold, &broker, &zone, &mut control_tx).await {
+                                ended = Some(c);
+                                break;
+                            }
+                        }
+                        break ended.unwrap_or_else(|| Close::lost("connection closed by client"));
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => break Close::lost(format!("read failed: {e}")),
                     Ok(_) => {}
