@@ -242,6 +242,9 @@ impl Broker {
             });
             let _serial = handle.connect_lock.lock().await;
             if handle.is_removed() {
+                // Its end is still being written; the registry drops it right after.
+                drop(_serial);
+                tokio::task::yield_now().await;
                 continue;
             }
             if !created {
@@ -427,7 +430,6 @@ impl Broker {
             self.publish_will(handle, w);
         }
         handle.mark_removed();
-        self.registry.remove(handle);
         let mut filters: Vec<String> = state.subscriptions.keys().cloned().collect();
         filters.extend(handle.parked_subscriptions());
         for f in &filters {
@@ -461,6 +463,8 @@ impl Broker {
             ops.push(Op::DeleteSession { client: handle.client_id.clone() });
         }
         self.submit_logged(ops);
+        // Only now may a new session with this client id be created: its record is written after this delete.
+        self.registry.remove(handle);
     }
 
     pub(crate) fn publish_will(&self, handle: &SessionHandle, w: Will) {

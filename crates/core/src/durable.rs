@@ -48,6 +48,19 @@ impl Broker {
     /// submitted but not yet committed are waited for once (a session that drains right after going offline).
     /// A slot whose entry is gone (dropped, or the record is damaged) is skipped and counted.
     pub fn load_stored(&self, handle: &SessionHandle, seqs: &[u64]) -> Vec<Delivery> {
+        if seqs.is_empty() {
+            return Vec::new();
+        }
+        // Disk reads: tell a multi-threaded runtime, so it moves other tasks off this worker meanwhile.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| self.load_stored_blocking(handle, seqs))
+            }
+            _ => self.load_stored_blocking(handle, seqs),
+        }
+    }
+
+    fn load_stored_blocking(&self, handle: &SessionHandle, seqs: &[u64]) -> Vec<Delivery> {
         let mut found = self.read_entries(handle, seqs);
         if found.len() < seqs.len() {
             if let Err(e) = self.store.flush() {
