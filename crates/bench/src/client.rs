@@ -90,7 +90,7 @@ async fn connect_inner(o: &ConnectOpts, index: usize, client_id: &str) -> Result
         will: None,
         username: o.username.as_deref().map(Utf8::from),
         password: o.password.as_ref().map(|p| p.clone().into_bytes().into()),
-        properties,
+        properties: Box::new(properties),
     };
     conn.send(&Packet::Connect(Box::new(c)))?;
     conn.flush_all().await?;
@@ -145,7 +145,7 @@ impl Conn {
     pub async fn subscribe(&mut self, filter: &str, qos: QoS, timeout: Duration) -> Result<()> {
         let s = Subscribe {
             packet_id: 1,
-            properties: Properties::default(),
+            properties: Default::default(),
             filters: vec![(Utf8::from(filter), SubscriptionOptions { qos, ..Default::default() })],
         };
         self.send(&Packet::Subscribe(s))?;

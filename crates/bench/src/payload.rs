@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
-use halyard_codec::{Packet, Properties, ProtocolVersion, Publish, QoS, Utf8};
+use halyard_codec::{Packet, ProtocolVersion, Publish, QoS, Utf8};
 
 /// Every bench payload starts with this many bytes: u64 send time (ns since the process-wide start `Instant`),
 /// u32 publisher index, u32 sequence number (per publisher, from 0). All big-endian.
@@ -62,7 +62,7 @@ impl PublishTemplate {
             retain: false,
             topic: Utf8::from(topic),
             packet_id: (qos != QoS::AtMostOnce).then_some(1),
-            properties: Properties::default(),
+            properties: Default::default(),
             payload: vec![0u8; size].into(),
         };
         let mut buf = BytesMut::new();

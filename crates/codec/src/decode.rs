@@ -110,18 +110,18 @@ fn decode_body(first_byte: u8, r: &mut Reader, version: ProtocolVersion) -> Resu
     })
 }
 
-fn v5_properties(r: &mut Reader, v5: bool, scope: Scope) -> Result<Properties, DecodeError> {
+fn v5_properties(r: &mut Reader, v5: bool, scope: Scope) -> Result<Box<Properties>, DecodeError> {
     if v5 {
-        properties::decode(r, scope)
+        properties::decode(r, scope).map(Box::new)
     } else {
-        Ok(Properties::default())
+        Ok(Box::default())
     }
 }
 
 /// DISCONNECT and AUTH may stop after the reason code, or leave out both (spec 3.14.2.1, 3.15.2.1).
-fn reason_and_properties(r: &mut Reader, scope: Scope) -> Result<(u8, Properties), DecodeError> {
+fn reason_and_properties(r: &mut Reader, scope: Scope) -> Result<(u8, Box<Properties>), DecodeError> {
     let reason_code = if r.is_empty() { 0 } else { r.u8()? };
-    let properties = if r.is_empty() { Properties::default() } else { properties::decode(r, scope)? };
+    let properties = if r.is_empty() { Box::default() } else { Box::new(properties::decode(r, scope)?) };
     Ok((reason_code, properties))
 }
 

@@ -184,7 +184,7 @@ pub struct LastWill {
     pub qos: QoS,
     pub retain: bool,
     /// Will properties (v5 only).
-    pub properties: Properties,
+    pub properties: Box<Properties>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +197,7 @@ pub struct Connect {
     pub will: Option<LastWill>,
     pub username: Option<Utf8>,
     pub password: Option<Bytes>,
-    pub properties: Properties,
+    pub properties: Box<Properties>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,7 +205,7 @@ pub struct ConnAck {
     pub session_present: bool,
     /// v5 reason code; for v3/v4 the return code (0..=5). The encoder writes the byte as given.
     pub reason_code: u8,
-    pub properties: Properties,
+    pub properties: Box<Properties>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,7 +217,7 @@ pub struct Publish {
     pub topic: Utf8,
     /// Present only for QoS 1 and 2.
     pub packet_id: Option<u16>,
-    pub properties: Properties,
+    pub properties: Box<Properties>,
     pub payload: Bytes,
 }
 
@@ -227,12 +227,12 @@ pub struct PubResp {
     pub packet_id: u16,
     /// 0x00 = success. For v3/v4 always 0 (not on the wire).
     pub reason_code: u8,
-    pub properties: Properties,
+    pub properties: Box<Properties>,
 }
 
 impl PubResp {
     pub fn new(packet_id: u16) -> PubResp {
-        PubResp { packet_id, reason_code: 0, properties: Properties::default() }
+        PubResp { packet_id, reason_code: 0, properties: Default::default() }
     }
 }
 
@@ -249,7 +249,7 @@ pub struct SubscriptionOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub packet_id: u16,
-    pub properties: Properties,
+    pub properties: Box<Properties>,
     /// At least one entry [MQTT-3.8.3-3].
     pub filters: Vec<(Utf8, SubscriptionOptions)>,
 }
@@ -257,7 +257,7 @@ pub struct Subscribe {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubAck {
     pub packet_id: u16,
-    pub properties: Properties,
+    pub properties: Box<Properties>,
     /// One per filter: granted QoS (0..=2) or a failure code (0x80 for v3/v4; v5 reason codes).
     pub reason_codes: Vec<u8>,
 }
@@ -265,14 +265,14 @@ pub struct SubAck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsubscribe {
     pub packet_id: u16,
-    pub properties: Properties,
+    pub properties: Box<Properties>,
     pub filters: Vec<Utf8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnsubAck {
     pub packet_id: u16,
-    pub properties: Properties,
+    pub properties: Box<Properties>,
     /// v5 only (empty for v3/v4, which carry no payload).
     pub reason_codes: Vec<u8>,
 }
@@ -281,13 +281,13 @@ pub struct UnsubAck {
 pub struct Disconnect {
     /// v5 only; 0x00 normal disconnection.
     pub reason_code: u8,
-    pub properties: Properties,
+    pub properties: Box<Properties>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Auth {
     pub reason_code: u8,
-    pub properties: Properties,
+    pub properties: Box<Properties>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

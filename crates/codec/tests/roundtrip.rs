@@ -134,8 +134,15 @@ fn props(kind: Kind, version: ProtocolVersion) -> BoxedStrategy<Properties> {
 }
 
 fn will(version: ProtocolVersion) -> impl Strategy<Value = LastWill> {
-    (utf8(), binary(), qos(), any::<bool>(), props(Kind::Will, version))
-        .prop_map(|(topic, payload, qos, retain, properties)| LastWill { topic, payload, qos, retain, properties })
+    (utf8(), binary(), qos(), any::<bool>(), props(Kind::Will, version)).prop_map(
+        |(topic, payload, qos, retain, properties)| LastWill {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties: Box::new(properties),
+        },
+    )
 }
 
 fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
@@ -152,7 +159,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 will,
                 username,
                 password,
-                properties,
+                properties: Box::new(properties),
             }))
         },
     )
@@ -168,7 +175,7 @@ fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 retain,
                 topic,
                 packet_id: if qos0 { None } else { Some(id) },
-                properties,
+                properties: Box::new(properties),
                 payload: Bytes::from(payload),
             })
         })
@@ -179,7 +186,7 @@ fn pub_resp(v: ProtocolVersion) -> impl Strategy<Value = PubResp> {
     (packet_id(), reason, props(Kind::Ack, v)).prop_map(|(packet_id, reason_code, properties)| PubResp {
         packet_id,
         reason_code,
-        properties,
+        properties: Box::new(properties),
     })
 }
 
@@ -208,7 +215,7 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
         connect(v).boxed(),
         (any::<bool>(), any::<u8>(), props(Kind::ConnAck, v))
             .prop_map(|(session_present, reason_code, properties)| {
-                Packet::ConnAck(ConnAck { session_present, reason_code, properties })
+                Packet::ConnAck(ConnAck { session_present, reason_code, properties: Box::new(properties) })
             })
             .boxed(),
         publish(v).boxed(),
@@ -218,22 +225,22 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
         pub_resp(v).prop_map(Packet::PubComp).boxed(),
         (packet_id(), props(Kind::Subscribe, v), vec((utf8(), options(v)), 1..5))
             .prop_map(|(packet_id, properties, filters)| {
-                Packet::Subscribe(Subscribe { packet_id, properties, filters })
+                Packet::Subscribe(Subscribe { packet_id, properties: Box::new(properties), filters })
             })
             .boxed(),
         (packet_id(), props(Kind::Ack, v), reason_codes(v, false))
             .prop_map(|(packet_id, properties, reason_codes)| {
-                Packet::SubAck(SubAck { packet_id, properties, reason_codes })
+                Packet::SubAck(SubAck { packet_id, properties: Box::new(properties), reason_codes })
             })
             .boxed(),
         (packet_id(), props(Kind::Unsubscribe, v), vec(utf8(), 1..5))
             .prop_map(|(packet_id, properties, filters)| {
-                Packet::Unsubscribe(Unsubscribe { packet_id, properties, filters })
+                Packet::Unsubscribe(Unsubscribe { packet_id, properties: Box::new(properties), filters })
             })
             .boxed(),
         (packet_id(), props(Kind::Ack, v), reason_codes(v, true))
             .prop_map(|(packet_id, properties, reason_codes)| {
-                Packet::UnsubAck(UnsubAck { packet_id, properties, reason_codes })
+                Packet::UnsubAck(UnsubAck { packet_id, properties: Box::new(properties), reason_codes })
             })
             .boxed(),
         Just(Packet::PingReq).boxed(),
@@ -242,12 +249,16 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
     if v5 {
         all.push(
             (any::<u8>(), props(Kind::Disconnect, v))
-                .prop_map(|(reason_code, properties)| Packet::Disconnect(Disconnect { reason_code, properties }))
+                .prop_map(|(reason_code, properties)| {
+                    Packet::Disconnect(Disconnect { reason_code, properties: Box::new(properties) })
+                })
                 .boxed(),
         );
         all.push(
             (any::<u8>(), props(Kind::Auth, v))
-                .prop_map(|(reason_code, properties)| Packet::Auth(Auth { reason_code, properties }))
+                .prop_map(|(reason_code, properties)| {
+                    Packet::Auth(Auth { reason_code, properties: Box::new(properties) })
+                })
                 .boxed(),
         );
     } else {
@@ -358,7 +369,10 @@ fn publish_payload_and_topic_are_slices_of_the_read_buffer() {
         retain: false,
         topic: Utf8::from("a/b"),
         packet_id: Some(7),
-        properties: Properties { correlation_data: Some(Bytes::from_static(b"corr")), ..Properties::default() },
+        properties: Box::new(Properties {
+            correlation_data: Some(Bytes::from_static(b"corr")),
+            ..Properties::default()
+        }),
         payload: Bytes::from_static(b"hello, zero copy"),
     });
     let mut buf = encoded(&packet, V5);
@@ -387,16 +401,16 @@ fn bytes_of(packet: &Packet, v: ProtocolVersion) -> Vec<u8> {
 
 #[test]
 fn v3_and_v4_acks_have_no_reason_code() {
-    let ack = PubResp { packet_id: 1, reason_code: 0x80, properties: Properties::default() };
+    let ack = PubResp { packet_id: 1, reason_code: 0x80, properties: Default::default() };
     assert_eq!(bytes_of(&Packet::PubAck(ack.clone()), V4), [0x40, 2, 0, 1]);
     assert_eq!(bytes_of(&Packet::PubRel(ack), V3), [0x62, 2, 0, 1]);
-    let connack = ConnAck { session_present: true, reason_code: 5, properties: Properties::default() };
+    let connack = ConnAck { session_present: true, reason_code: 5, properties: Default::default() };
     assert_eq!(bytes_of(&Packet::ConnAck(connack), V4), [0x20, 2, 1, 5]);
-    let unsuback = UnsubAck { packet_id: 9, properties: Properties::default(), reason_codes: vec![0x11] };
+    let unsuback = UnsubAck { packet_id: 9, properties: Default::default(), reason_codes: vec![0x11] };
     assert_eq!(bytes_of(&Packet::UnsubAck(unsuback), V4), [0xB0, 2, 0, 9]);
-    let suback = SubAck { packet_id: 9, properties: Properties::default(), reason_codes: vec![0, 0x80, 2] };
+    let suback = SubAck { packet_id: 9, properties: Default::default(), reason_codes: vec![0, 0x80, 2] };
     assert_eq!(bytes_of(&Packet::SubAck(suback), V4), [0x90, 5, 0, 9, 0, 0x80, 2]);
-    let disconnect = Disconnect { reason_code: 0x8E, properties: Properties::default() };
+    let disconnect = Disconnect { reason_code: 0x8E, properties: Default::default() };
     assert_eq!(bytes_of(&Packet::Disconnect(disconnect), V4), [0xE0, 0]);
 }
 
@@ -409,10 +423,10 @@ fn v5_acks_use_the_short_forms() {
     ack.properties.reason_string = Some(Utf8::from("x"));
     assert_eq!(bytes_of(&Packet::PubComp(ack), V5), [0x70, 8, 1, 2, 0x10, 4, 0x1F, 0, 1, b'x']);
     assert_eq!(bytes_of(&Packet::Disconnect(Disconnect::default()), V5), [0xE0, 0]);
-    let d = Disconnect { reason_code: 0x8E, properties: Properties::default() };
+    let d = Disconnect { reason_code: 0x8E, properties: Default::default() };
     assert_eq!(bytes_of(&Packet::Disconnect(d), V5), [0xE0, 1, 0x8E]);
     assert_eq!(bytes_of(&Packet::Auth(Auth::default()), V5), [0xF0, 0]);
-    let a = Auth { reason_code: 0x18, properties: Properties::default() };
+    let a = Auth { reason_code: 0x18, properties: Default::default() };
     assert_eq!(bytes_of(&Packet::Auth(a), V5), [0xF0, 2, 0x18, 0]);
 }
 
@@ -422,7 +436,7 @@ fn v5_decodes_every_ack_form() {
         [(&[0x40, 2, 0, 1][..], 0), (&[0x40, 3, 0, 1, 0x10][..], 0x10), (&[0x40, 4, 0, 1, 0x10, 0][..], 0x10)]
     {
         let mut buf = BytesMut::from(bytes);
-        let expected = PubResp { packet_id: 1, reason_code: reason, properties: Properties::default() };
+        let expected = PubResp { packet_id: 1, reason_code: reason, properties: Default::default() };
         assert_eq!(decode(&mut buf, V5, 1024), Ok(Some(Packet::PubAck(expected))), "{bytes:?}");
     }
     let mut buf = BytesMut::from(&[0xE0, 0][..]);
@@ -454,11 +468,11 @@ fn connect_v4_matches_the_wire_format() {
             payload: Bytes::from_static(b"x"),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: Properties::default(),
+            properties: Default::default(),
         }),
         username: Some(Utf8::from("u")),
         password: Some(Bytes::from_static(b"p")),
-        properties: Properties::default(),
+        properties: Default::default(),
     }));
     #[rustfmt::skip]
     let expected = [
@@ -481,7 +495,7 @@ fn connect_v3_uses_mqisdp() {
         will: None,
         username: None,
         password: None,
-        properties: Properties::default(),
+        properties: Default::default(),
     }));
     assert_eq!(bytes_of(&packet, V5), [0x10, 15, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0, 0, 0, 0, 1, b'c']);
 }
@@ -494,7 +508,7 @@ fn qos0_publish_never_carries_dup_or_packet_id() {
         retain: false,
         topic: Utf8::from("t"),
         packet_id: Some(5),
-        properties: Properties::default(),
+        properties: Default::default(),
         payload: Bytes::new(),
     };
     assert_eq!(bytes_of(&Packet::Publish(p), V4), [0x30, 3, 0, 1, b't']);
@@ -510,7 +524,7 @@ fn remaining_length_above_the_maximum_is_too_long() {
         retain: false,
         topic: Utf8::from("t"),
         packet_id: None,
-        properties: Properties::default(),
+        properties: Default::default(),
         payload,
     };
     let mut buf = BytesMut::new();
@@ -521,7 +535,7 @@ fn remaining_length_above_the_maximum_is_too_long() {
 #[test]
 fn string_over_65535_bytes_is_too_long() {
     let sub =
-        Unsubscribe { packet_id: 1, properties: Properties::default(), filters: vec![Utf8::from("a".repeat(65_536))] };
+        Unsubscribe { packet_id: 1, properties: Default::default(), filters: vec![Utf8::from("a".repeat(65_536))] };
     let mut buf = BytesMut::new();
     assert_eq!(encode(&Packet::Unsubscribe(sub), V4, &mut buf), Err(EncodeError::TooLong(65_536)));
 }
@@ -535,7 +549,7 @@ fn largest_remaining_length_uses_four_bytes() {
         retain: false,
         topic: Utf8::from("t"),
         packet_id: None,
-        properties: Properties::default(),
+        properties: Default::default(),
         payload,
     });
     assert_eq!(encoded_len(&p, V4), 1 + 4 + 268_435_455);

@@ -131,7 +131,7 @@ fn publish_bytes(topic: &Utf8, payload: &Bytes, qos: QoS, retain: bool, props: O
         retain,
         topic: topic.clone(),
         packet_id: (qos != QoS::AtMostOnce).then_some(1),
-        properties: props.cloned().unwrap_or_default(),
+        properties: Box::new(props.cloned().unwrap_or_default()),
         payload: payload.clone(),
     });
     let mut b = BytesMut::new();
@@ -168,7 +168,7 @@ pub fn decode_message(id: u64, b: Bytes) -> Result<Message, Corrupt> {
         payload: p.payload,
         qos: p.qos,
         retain: p.retain,
-        properties: (!p.properties.is_empty()).then(|| Box::new(p.properties)),
+        properties: (!p.properties.is_empty()).then_some(p.properties),
         publisher: (!publisher.is_empty()).then(|| Arc::from(publisher.as_str())),
         expires_at: (expires != 0).then(|| unix_ms_to_instant(expires)),
     })
@@ -289,7 +289,7 @@ pub fn decode_session(b: Bytes) -> Result<SessionRecord, Corrupt> {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
-            properties: (!p.properties.is_empty()).then_some(p.properties),
+            properties: (!p.properties.is_empty()).then_some(*p.properties),
             message_expiry: has_expiry.then_some(expiry),
             delay,
         })

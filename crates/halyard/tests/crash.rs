@@ -2,9 +2,7 @@
 //! directory; every message whose acknowledgement a publisher saw must reach its persistent subscriber.
 
 use bytes::BytesMut;
-use halyard_codec::{
-    Connect, Packet, Properties, ProtocolVersion, PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Utf8,
-};
+use halyard_codec::{Connect, Packet, ProtocolVersion, PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Utf8};
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -101,7 +99,7 @@ impl Client {
             will,
             username: None,
             password: None,
-            properties: Properties::default(),
+            properties: Default::default(),
         })))
         .ok()?;
         match c.recv()? {
@@ -132,7 +130,7 @@ impl Client {
     fn subscribe(&mut self, filter: &str, qos: QoS) {
         let s = Subscribe {
             packet_id: 1,
-            properties: Properties::default(),
+            properties: Default::default(),
             filters: vec![(Utf8::from(filter), SubscriptionOptions { qos, ..Default::default() })],
         };
         self.send(&Packet::Subscribe(s)).expect("send SUBSCRIBE");
@@ -147,7 +145,7 @@ impl Client {
             retain,
             topic: Utf8::from(topic),
             packet_id: Some(pid),
-            properties: Properties::default(),
+            properties: Default::default(),
             payload: bytes::Bytes::copy_from_slice(payload),
         };
         if self.send(&Packet::Publish(p)).is_err() {
@@ -338,7 +336,7 @@ fn a_published_will_is_not_published_again_after_restart() {
         payload: bytes::Bytes::from_static(b"offline"),
         qos: QoS::AtLeastOnce,
         retain: false,
-        properties: Properties::default(),
+        properties: Default::default(),
     };
     let (dev, _) = Client::connect_with_will(b.port, "dev", false, Some(will)).expect("device");
     drop(dev);

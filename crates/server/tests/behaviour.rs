@@ -481,7 +481,7 @@ async fn unsubscribe_stops_delivery_and_reports_missing_subscription() {
     s.subscribe("us", QoS::AtMostOnce).await;
     s.send(&Packet::Unsubscribe(halyard_codec::Unsubscribe {
         packet_id: 4,
-        properties: Properties::default(),
+        properties: Default::default(),
         filters: vec![Utf8::from("us"), Utf8::from("never")],
     }))
     .await;

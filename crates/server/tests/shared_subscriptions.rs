@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use halyard_codec::reason::rc;
 use halyard_codec::{
-    Packet, Properties, ProtocolVersion, ProtocolVersion::*, PubResp, Publish, QoS, Subscribe, SubscriptionOptions,
-    Unsubscribe, Utf8,
+    Packet, ProtocolVersion, ProtocolVersion::*, PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Unsubscribe,
+    Utf8,
 };
 use halyard_core::metrics::Metrics;
 use std::collections::{BTreeMap, BTreeSet};
@@ -348,7 +348,7 @@ async fn unsubscribed_member_gets_no_more_messages() {
     let unsub = |packet_id| {
         Packet::Unsubscribe(Unsubscribe {
             packet_id,
-            properties: Properties::default(),
+            properties: Default::default(),
             filters: vec![Utf8::from("$share/g/us")],
         })
     };
@@ -488,7 +488,7 @@ async fn negative_puback_discards_the_message() {
 fn subscribe_many(filters: &[&str], qos: QoS) -> Packet {
     Packet::Subscribe(Subscribe {
         packet_id: 3,
-        properties: Properties::default(),
+        properties: Default::default(),
         filters: filters.iter().map(|f| (Utf8::from(*f), SubscriptionOptions { qos, ..Default::default() })).collect(),
     })
 }
@@ -554,7 +554,7 @@ async fn no_local_on_a_shared_subscription_is_a_protocol_error() {
     let (mut c, _) = Raw::connect(b.addr, V5, "nl-share", true).await;
     c.send(&Packet::Subscribe(Subscribe {
         packet_id: 1,
-        properties: Properties::default(),
+        properties: Default::default(),
         filters: vec![(
             Utf8::from("$share/g/nl"),
             SubscriptionOptions { qos: QoS::AtLeastOnce, no_local: true, ..Default::default() },

@@ -75,7 +75,7 @@ impl Conn {
                 payload: w.payload.clone(),
                 qos: w.qos,
                 retain: w.retain,
-                properties: (!props.is_empty()).then(|| Box::new(props)),
+                properties: (!props.is_empty()).then_some(props),
                 message_expiry,
                 delay,
             });
@@ -123,7 +123,7 @@ impl Conn {
     /// CONNACK with a failure code, then close [MQTT-3.2.2-6 .. -7].
     fn refuse(&mut self, v5_code: u8, why: &'static str) -> Step {
         let code = if self.version.is_v5() { v5_code } else { connack_v5_to_v3(v5_code) };
-        let mut properties = Properties::default();
+        let mut properties: Box<Properties> = Box::default();
         if self.version.is_v5() {
             properties.reason_string = Some(Utf8::from_static(why));
         }
@@ -139,7 +139,7 @@ impl Conn {
         self.client_id = Some(req.client_id.clone());
         self.phase = Phase::Connected;
         let zone = self.zone.clone();
-        let mut props = Properties::default();
+        let mut props: Box<Properties> = Box::default();
         if self.version.is_v5() {
             if req.expiry_interval != req.requested_expiry {
                 props.session_expiry_interval = Some(req.expiry_interval);

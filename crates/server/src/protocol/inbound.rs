@@ -123,7 +123,7 @@ impl Conn {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
-            properties: (!props.is_empty()).then(|| Box::new(props)),
+            properties: (!props.is_empty()).then_some(props),
             publisher: self.client_id.clone(),
             expires_at,
         };

@@ -4,7 +4,7 @@
 
 use super::{Close, Conn, FILL_BATCH, OUT_HIGH_WATER};
 use halyard_codec::reason::rc;
-use halyard_codec::{Packet, Properties, ProtocolVersion, PubResp, Publish, QoS, Utf8};
+use halyard_codec::{Packet, ProtocolVersion, PubResp, Publish, QoS, Utf8};
 use halyard_core::metrics::Metrics;
 use halyard_core::persist::{encode_meta, EntryMeta};
 use halyard_core::session::{InflightEntry, Queued, SessionHandle, Stage};
@@ -99,12 +99,12 @@ impl Conn {
             retain: d.retain,
             topic: d.msg.topic.clone(),
             packet_id,
-            properties: Properties::default(),
+            properties: Default::default(),
             payload: d.msg.payload.clone(),
         };
         if self.version.is_v5() {
             if let Some(props) = &d.msg.properties {
-                p.properties = (**props).clone();
+                p.properties = props.clone();
             }
             // [MQTT-3.3.2-6] the expiry sent is what is left of it.
             p.properties.message_expiry_interval = d.msg.remaining_expiry(now);

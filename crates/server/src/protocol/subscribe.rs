@@ -3,7 +3,7 @@
 
 use super::{Close, Conn};
 use halyard_codec::reason::{rc, v3};
-use halyard_codec::{Packet, Properties, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe};
+use halyard_codec::{Packet, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe};
 use halyard_core::session::SubscriptionRecord;
 use halyard_core::Delivery;
 use halyard_topic::Subscription;
@@ -81,7 +81,7 @@ impl Conn {
         // [MQTT-3.8.4-1] SUBACK with the same packet id, one code per filter [MQTT-3.8.4-6].
         self.send_trimmed(Packet::SubAck(SubAck {
             packet_id: s.packet_id,
-            properties: Properties::default(),
+            properties: Default::default(),
             reason_codes: codes,
         }));
         Ok(())
@@ -107,7 +107,7 @@ impl Conn {
         // [MQTT-3.10.4-4] UNSUBACK even when nothing was subscribed.
         self.send_trimmed(Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
-            properties: Properties::default(),
+            properties: Default::default(),
             reason_codes: codes,
         }));
         Ok(())

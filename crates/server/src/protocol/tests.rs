@@ -3,7 +3,7 @@
 
 use super::*;
 use bytes::{Bytes, BytesMut};
-use halyard_codec::{Connect, Packet, Properties, PubResp, Publish, QoS, Subscribe, SubscriptionOptions};
+use halyard_codec::{Connect, Packet, PubResp, Publish, QoS, Subscribe, SubscriptionOptions};
 use halyard_core::config::{load, Source};
 use tokio::sync::oneshot;
 
@@ -21,7 +21,7 @@ fn connect(v: ProtocolVersion, id: &str, keep_alive: u16) -> Packet {
         will: None,
         username: None,
         password: None,
-        properties: Properties::default(),
+        properties: Default::default(),
     }))
 }
 
@@ -79,7 +79,7 @@ async fn v3_resends_unacknowledged_with_dup_after_retry_interval_v5_does_not() {
         let mut c = connected(&b, v, &id, 0, t0).await;
         let sub = Subscribe {
             packet_id: 1,
-            properties: Properties::default(),
+            properties: Default::default(),
             filters: vec![(
                 Utf8::from(format!("r/{v:?}").as_str()),
                 SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
@@ -92,7 +92,7 @@ async fn v3_resends_unacknowledged_with_dup_after_retry_interval_v5_does_not() {
             retain: false,
             topic: Utf8::from(format!("r/{v:?}").as_str()),
             packet_id: Some(9),
-            properties: Properties::default(),
+            properties: Default::default(),
             payload: Bytes::from_static(b"m"),
         };
         // Published by the same connection (no No Local): it comes back to it.

@@ -116,7 +116,7 @@ impl Raw {
     }
 
     pub async fn subscribe_opts(&mut self, filter: &str, opts: SubscriptionOptions, properties: Properties) -> Packet {
-        let s = Subscribe { packet_id: 1, properties, filters: vec![(Utf8::from(filter), opts)] };
+        let s = Subscribe { packet_id: 1, properties: Box::new(properties), filters: vec![(Utf8::from(filter), opts)] };
         self.send(&Packet::Subscribe(s)).await;
         let ack = self.recv().await.expect("SUBACK");
         assert!(matches!(ack, Packet::SubAck(_)), "expected SUBACK, got {ack:?}");
@@ -166,7 +166,7 @@ pub fn connect_packet(version: ProtocolVersion, client_id: &str, clean: bool) ->
         will: None,
         username: None,
         password: None,
-        properties: Properties::default(),
+        properties: Default::default(),
     }
 }
 
@@ -176,7 +176,7 @@ pub fn will(topic: &str, payload: &[u8], qos: QoS) -> LastWill {
         payload: bytes::Bytes::copy_from_slice(payload),
         qos,
         retain: false,
-        properties: Properties::default(),
+        properties: Default::default(),
     }
 }
 
@@ -187,7 +187,7 @@ pub fn publish(topic: &str, payload: &[u8], qos: QoS, retain: bool, packet_id: u
         retain,
         topic: Utf8::from(topic),
         packet_id: (qos != QoS::AtMostOnce).then_some(packet_id),
-        properties: Properties::default(),
+        properties: Default::default(),
         payload: bytes::Bytes::copy_from_slice(payload),
     }
 }
