@@ -76,10 +76,12 @@ impl Broker {
         found
     }
 
+    /// Reads the entries at `seqs` and returns them in the order of `seqs` (queue order, which concurrent
+    /// publishers can make differ from position order).
     fn read_entries(&self, handle: &SessionHandle, seqs: &[u64]) -> Vec<Delivery> {
-        let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else { return Vec::new() };
+        let (Some(&first), Some(&last)) = (seqs.iter().min(), seqs.iter().max()) else { return Vec::new() };
         let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
-        let mut out = Vec::with_capacity(seqs.len());
+        let mut found: HashMap<u64, Delivery> = HashMap::with_capacity(seqs.len());
         let mut after = first.saturating_sub(1);
         while after < last {
             let page = match self.store.load_queue(&handle.client_id, after, seqs.len().max(64)) {
@@ -98,17 +100,18 @@ impl Broker {
                 let (Ok(meta), Ok(msg)) = (persist::decode_meta(meta), persist::decode_message(msg_id, blob)) else {
                     continue;
                 };
-                out.push(Delivery {
+                let d = Delivery {
                     msg: Arc::new(msg),
                     qos: meta.qos,
                     retain: meta.retain,
                     sub_ids: meta.sub_ids,
                     shared: meta.shared,
                     seq,
-                });
+                };
+                found.insert(seq, d);
             }
         }
-        out
+        seqs.iter().filter_map(|s| found.remove(s)).collect()
     }
 
     fn restore(self: &Arc<Self>, r: Restored) -> Result<(), Corrupt> {

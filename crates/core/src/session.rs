@@ -47,6 +47,82 @@ impl Queued {
     }
 }
 
+/// Inside the mqueue, consecutive stored positions collapse into one run, so an offline session's backlog (whose
+/// positions are consecutive) costs a few entries whatever its length.
+#[derive(Debug)]
+enum Slot {
+    Ready(Delivery),
+    /// Positions `first .. first + len`, all QoS 1/2 (only those are stored), all shared or all not.
+    StoredRun {
+        first: u64,
+        len: u64,
+        shared: bool,
+    },
+}
+
+/// The mqueue: slots in order, and how many messages they hold.
+#[derive(Debug, Default)]
+struct MQueue {
+    slots: VecDeque<Slot>,
+    len: usize,
+}
+
+impl MQueue {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push_ready(&mut self, d: Delivery) {
+        self.slots.push_back(Slot::Ready(d));
+        self.len += 1;
+    }
+
+    fn push_stored(&mut self, seq: u64, shared: bool) {
+        self.len += 1;
+        if let Some(Slot::StoredRun { first, len, shared: s }) = self.slots.back_mut() {
+            if *first + *len == seq && *s == shared {
+                *len += 1;
+                return;
+            }
+        }
+        self.slots.push_back(Slot::StoredRun { first: seq, len: 1, shared });
+    }
+
+    fn push(&mut self, q: Queued) {
+        match q {
+            Queued::Ready(d) => self.push_ready(d),
+            Queued::Stored { seq, shared, .. } => self.push_stored(seq, shared),
+        }
+    }
+
+    fn front_qos(&self) -> Option<QoS> {
+        match self.slots.front()? {
+            Slot::Ready(d) => Some(d.qos),
+            Slot::StoredRun { .. } => Some(QoS::AtLeastOnce),
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Queued> {
+        let popped = match self.slots.front_mut()? {
+            Slot::Ready(_) => match self.slots.pop_front() {
+                Some(Slot::Ready(d)) => Queued::Ready(d),
+                _ => return None,
+            },
+            Slot::StoredRun { first, len, shared } => {
+                let q = Queued::Stored { seq: *first, qos: QoS::AtLeastOnce, shared: *shared };
+                *first += 1;
+                *len -= 1;
+                if *len == 0 {
+                    self.slots.pop_front();
+                }
+                q
+            }
+        };
+        self.len -= 1;
+        Some(popped)
+    }
+}
+
 /// What another task may ask of the connection task that owns a session.
 #[derive(Debug)]
 pub enum Control {
@@ -61,7 +137,7 @@ pub enum Control {
 pub struct SessionHandle {
     pub id: SessionId,
     pub client_id: Arc<str>,
-    queue: Mutex<VecDeque<Queued>>,
+    queue: Mutex<MQueue>,
     max_queue_len: AtomicUsize,
     store_qos0: AtomicBool,
     notify: Notify,
@@ -96,7 +172,7 @@ impl SessionHandle {
         SessionHandle {
             id,
             client_id,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(MQueue::default()),
             max_queue_len: AtomicUsize::new(max_queue_len),
             store_qos0: AtomicBool::new(store_qos0),
             notify: Notify::new(),
@@ -146,9 +222,9 @@ impl SessionHandle {
             }
             // Offline and stored: the store holds it; the queue keeps its place only.
             if !online && d.seq != 0 {
-                q.push_back(Queued::Stored { seq: d.seq, qos: d.qos, shared: d.shared.is_some() });
+                q.push_stored(d.seq, d.shared.is_some());
             } else {
-                q.push_back(Queued::Ready(d));
+                q.push_ready(d);
             }
             holds_back && q.len() >= high_water(max)
         };
@@ -195,8 +271,8 @@ impl SessionHandle {
     pub fn take(&self, mut qos12_room: usize, max: usize, out: &mut Vec<Queued>) {
         let mut q = self.queue.lock();
         while out.len() < max {
-            match q.front() {
-                Some(d) if d.qos() != QoS::AtMostOnce && qos12_room == 0 => break,
+            match q.front_qos() {
+                Some(qos) if qos != QoS::AtMostOnce && qos12_room == 0 => break,
                 Some(_) => {}
                 None => break,
             }
@@ -219,17 +295,18 @@ impl SessionHandle {
     /// Removes and returns the queued deliveries (in memory) that came through a shared subscription.
     pub fn take_shared_queued(&self) -> Vec<Delivery> {
         let mut q = self.queue.lock();
-        let is_shared = |d: &Queued| matches!(d, Queued::Ready(d) if d.shared.is_some());
-        if !q.iter().any(is_shared) {
+        let is_shared = |s: &Slot| matches!(s, Slot::Ready(d) if d.shared.is_some());
+        if !q.slots.iter().any(is_shared) {
             return Vec::new();
         }
-        let (shared, own): (VecDeque<Queued>, VecDeque<Queued>) = q.drain(..).partition(is_shared);
-        *q = own;
+        let (shared, own): (VecDeque<Slot>, VecDeque<Slot>) = q.slots.drain(..).partition(is_shared);
+        q.slots = own;
+        q.len -= shared.len();
         shared
             .into_iter()
-            .filter_map(|d| match d {
-                Queued::Ready(d) => Some(d),
-                Queued::Stored { .. } => None,
+            .filter_map(|s| match s {
+                Slot::Ready(d) => Some(d),
+                Slot::StoredRun { .. } => None,
             })
             .collect()
     }
@@ -239,11 +316,13 @@ impl SessionHandle {
     /// removes those).
     pub fn clear_queue(&self) -> (Vec<Delivery>, Vec<u64>, usize) {
         let (mut ready, mut shared, mut on_disk) = (Vec::new(), Vec::new(), 0);
-        for slot in self.queue.lock().drain(..) {
+        let mut q = self.queue.lock();
+        q.len = 0;
+        for slot in q.slots.drain(..) {
             match slot {
-                Queued::Ready(d) => ready.push(d),
-                Queued::Stored { seq, shared: true, .. } => shared.push(seq),
-                Queued::Stored { .. } => on_disk += 1,
+                Slot::Ready(d) => ready.push(d),
+                Slot::StoredRun { first, len, shared: true } => shared.extend(first..first + len),
+                Slot::StoredRun { len, .. } => on_disk += len as usize,
             }
         }
         (ready, shared, on_disk)
@@ -251,13 +330,15 @@ impl SessionHandle {
 
     /// The session went offline: stored deliveries give their memory back and keep their place as slots.
     pub(crate) fn spill(&self) {
-        for slot in self.queue.lock().iter_mut() {
-            if let Queued::Ready(d) = slot {
-                if d.seq != 0 {
-                    *slot = Queued::Stored { seq: d.seq, qos: d.qos, shared: d.shared.is_some() };
-                }
+        let mut q = self.queue.lock();
+        let mut spilled = MQueue::default();
+        while let Some(slot) = q.pop_front() {
+            match slot {
+                Queued::Ready(d) if d.seq != 0 => spilled.push_stored(d.seq, d.shared.is_some()),
+                other => spilled.push(other),
             }
         }
+        *q = spilled;
     }
 
     /// Resolves when something was pushed since the last call (a permit is stored, so no wake-up is lost).
@@ -313,7 +394,7 @@ impl SessionHandle {
 
     /// Puts a restored slot back in the queue without touching the store (start-up).
     pub(crate) fn restore_queued(&self, slot: Queued) {
-        self.queue.lock().push_back(slot);
+        self.queue.lock().push(slot);
     }
 
     pub(crate) fn set_parked(&self, state: SessionState) {
@@ -436,5 +517,30 @@ impl SessionState {
 
     pub fn inflight_position(&self, packet_id: u16) -> Option<usize> {
         self.inflight.iter().position(|e| e.packet_id == packet_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_stored_positions_share_one_slot_and_pop_in_order() {
+        let mut q = MQueue::default();
+        for seq in 1..=1000 {
+            q.push_stored(seq, false);
+        }
+        q.push_stored(1002, false); // a gap starts a new run
+        q.push_stored(1003, true); // so does a change of `shared`
+        assert_eq!(q.len(), 1002);
+        assert_eq!(q.slots.len(), 3, "1000 consecutive positions take one slot");
+        let mut seqs = Vec::new();
+        while let Some(Queued::Stored { seq, .. }) = q.pop_front() {
+            seqs.push(seq);
+        }
+        let expected: Vec<u64> = (1..=1000).chain([1002, 1003]).collect();
+        assert_eq!(seqs, expected);
+        assert_eq!(q.len(), 0);
+        assert!(q.slots.is_empty());
     }
 }

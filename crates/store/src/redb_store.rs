@@ -151,6 +151,9 @@ struct Submitter {
     last_ticket: u64,
 }
 
+/// redb's in-process page cache.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Opens (or creates) a redb database, turning redb panics into errors. redb repairs a file that was
 /// not closed cleanly while opening it; the callback logs that, since it can take a while on a big file.
 pub(crate) fn open_database(path: &Path, create: bool) -> Result<Database, StoreError> {
@@ -158,6 +161,9 @@ pub(crate) fn open_database(path: &Path, create: bool) -> Result<Database, Store
     // New files use the v3 format, the only one redb 3+ reads, so moving to a newer redb needs no
     // conversion step. Existing files keep the format they have.
     builder.create_with_file_format_v3(true);
+    // redb's default page cache grows to 1 GiB with what is written and read; the broker's memory should not
+    // grow with its offline backlog, so the cache is kept small (the OS page cache still holds hot pages).
+    builder.set_cache_size(CACHE_BYTES);
     let shown = path.display().to_string();
     builder.set_repair_callback(move |session| {
         tracing::warn!(
