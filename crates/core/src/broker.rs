@@ -434,12 +434,7 @@ impl Broker {
         filters.extend(handle.parked_subscriptions());
         for f in &filters {
             if let Ok(sub) = halyard_topic::parse_subscription(f, 0) {
-                match sub {
-                    halyard_topic::Subscription::Plain(t) => self.router.unsubscribe(t, None, handle.id),
-                    halyard_topic::Subscription::Shared { group, filter } => {
-                        self.router.unsubscribe(filter, Some(group), handle.id)
-                    }
-                };
+                self.router.unsubscribe(sub.filter(), sub.group(), handle.id);
             }
         }
         // A QoS 2 shared delivery that started goes to no other client when its session ends [MQTT-4.8.2-5].

@@ -155,12 +155,8 @@ impl Broker {
             let mut state = SessionState { subscriptions: rec.subscriptions.clone(), ..Default::default() };
             for (filter, sub) in &rec.subscriptions {
                 if let Ok(parsed) = halyard_topic::parse_subscription(filter, 0) {
-                    let (f, group) = match parsed {
-                        halyard_topic::Subscription::Plain(f) => (f, None),
-                        halyard_topic::Subscription::Shared { group, filter } => (filter, Some(group)),
-                    };
                     let entry = SubEntry { session: handle.clone(), options: sub.options, sub_id: sub.sub_id };
-                    self.router.subscribe(f, group, entry);
+                    self.router.subscribe(parsed.filter(), parsed.group(), entry);
                 }
             }
             let mut after = 0;

@@ -115,6 +115,14 @@ impl<'a> Subscription<'a> {
             Subscription::Plain(filter) | Subscription::Shared { filter, .. } => filter,
         }
     }
+
+    /// The share group, if this is a shared subscription.
+    pub fn group(&self) -> Option<&'a str> {
+        match *self {
+            Subscription::Plain(_) => None,
+            Subscription::Shared { group, .. } => Some(group),
+        }
+    }
 }
 
 const SHARE_PREFIX: &str = "$share/";

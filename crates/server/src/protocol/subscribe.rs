@@ -6,7 +6,6 @@ use halyard_codec::reason::{rc, v3};
 use halyard_codec::{Packet, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe};
 use halyard_core::session::SubscriptionRecord;
 use halyard_core::Delivery;
-use halyard_topic::Subscription;
 
 impl Conn {
     pub(super) fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
@@ -23,10 +22,7 @@ impl Conn {
                     continue;
                 }
             };
-            let (plain_filter, group) = match parsed {
-                Subscription::Plain(f) => (f, None),
-                Subscription::Shared { group, filter } => (filter, Some(group)),
-            };
+            let (plain_filter, group) = (parsed.filter(), parsed.group());
             if group.is_some() && !self.zone.shared_subscription {
                 codes.push(if v5 { rc::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED } else { v3::SUBACK_FAILURE });
                 continue;
@@ -93,10 +89,7 @@ impl Conn {
         for filter in &u.filters {
             let removed = self.state.subscriptions.remove(filter.as_str()).is_some();
             if let Ok(parsed) = halyard_topic::parse_subscription(filter, 0) {
-                match parsed {
-                    Subscription::Plain(f) => self.broker.unsubscribe(&session, f, None),
-                    Subscription::Shared { group, filter } => self.broker.unsubscribe(&session, filter, Some(group)),
-                };
+                self.broker.unsubscribe(&session, parsed.filter(), parsed.group());
             }
             codes.push(if removed { rc::SUCCESS } else { rc::NO_SUBSCRIPTION_EXISTED });
         }
