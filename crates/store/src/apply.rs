@@ -29,6 +29,10 @@ pub(crate) trait Tables {
     fn retained_remove(&mut self, topic: &str) -> Result<(), StoreError>;
     fn next_message_id(&mut self) -> Result<u64, StoreError>;
     fn set_next_message_id(&mut self, id: u64) -> Result<(), StoreError>;
+    /// Called once after the last op of a transaction, for tables that defer writes to the end.
+    fn finish(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// What one transaction did.
@@ -56,17 +60,24 @@ pub(crate) fn apply<'a, T: Tables>(
     let mut out = Applied::default();
     let mut touched: HashMap<u64, Touched> = HashMap::new();
     let mut max_put: Option<u64> = None;
+    // Ids at or above the mark were never stored (the mark is raised in the transaction that puts an id),
+    // so a new message needs no lookup of a refcount that cannot exist.
+    let fresh_from = t.next_message_id()?;
 
     // Reads the table only the first time an id is seen in this transaction.
     fn touch<'m, T: Tables>(
         t: &mut T,
         touched: &'m mut HashMap<u64, Touched>,
+        fresh_from: u64,
         id: u64,
     ) -> Result<&'m mut Touched, StoreError> {
         use std::collections::hash_map::Entry;
         Ok(match touched.entry(id) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(v) => v.insert(Touched { base: t.msg_refcount(id)?, delta: 0, put: None }),
+            Entry::Vacant(v) => {
+                let base = if id >= fresh_from { None } else { t.msg_refcount(id)? };
+                v.insert(Touched { base, delta: 0, put: None })
+            }
         })
     }
 
@@ -76,11 +87,11 @@ pub(crate) fn apply<'a, T: Tables>(
             match op {
                 Op::PutMessage { id, data } => {
                     out.bytes += data.len() as u64;
-                    touch(t, &mut touched, *id)?.put = Some(data.clone());
+                    touch(t, &mut touched, fresh_from, *id)?.put = Some(data.clone());
                     max_put = max_put.max(Some(*id));
                 }
                 Op::Enqueue { client, seq, msg, meta } => {
-                    let m = touch(t, &mut touched, *msg)?;
+                    let m = touch(t, &mut touched, fresh_from, *msg)?;
                     if m.base.is_none() && m.put.is_none() {
                         out.skipped_enqueues += 1;
                         tracing::warn!(
@@ -94,7 +105,7 @@ pub(crate) fn apply<'a, T: Tables>(
                     m.delta += 1;
                     out.bytes += meta.len() as u64;
                     if let Some(old) = t.entry_insert(client, *seq, *msg, meta)? {
-                        touch(t, &mut touched, old)?.delta -= 1;
+                        touch(t, &mut touched, fresh_from, old)?.delta -= 1;
                     }
                 }
                 Op::UpdateEntry { client, seq, meta } => {
@@ -104,7 +115,7 @@ pub(crate) fn apply<'a, T: Tables>(
                 }
                 Op::Dequeue { client, seq } => {
                     if let Some(msg) = t.entry_remove(client, *seq)? {
-                        touch(t, &mut touched, msg)?.delta -= 1;
+                        touch(t, &mut touched, fresh_from, msg)?.delta -= 1;
                     }
                 }
                 Op::PutSession { client, data } => {
@@ -114,7 +125,7 @@ pub(crate) fn apply<'a, T: Tables>(
                 Op::DeleteSession { client } => {
                     t.session_remove(client)?;
                     for msg in t.entries_remove_client(client)? {
-                        touch(t, &mut touched, msg)?.delta -= 1;
+                        touch(t, &mut touched, fresh_from, msg)?.delta -= 1;
                     }
                 }
                 Op::PutRetained { topic, data } => {
@@ -151,6 +162,7 @@ pub(crate) fn apply<'a, T: Tables>(
         }
     }
 
+    t.finish()?;
     if let Some(max) = max_put {
         // Ids are never reused, even those of messages deleted in this same transaction.
         let next = max.saturating_add(1);

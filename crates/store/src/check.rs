@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use redb::{Durability, ReadableTable};
 
+use crate::buckets::BucketCache;
 use crate::error::from_redb;
-use crate::redb_store::{guarded, open_database, verify_file, walk, MESSAGES, META, META_NEXT_ID, QUEUE};
+use crate::redb_store::{guarded, open_database, verify_file, walk, QueueTable, MESSAGES, META, META_NEXT_ID, QUEUE};
 use crate::{StoreError, FILE_NAME};
 
 /// How many problems a report lists one by one (the counters cover the rest).
@@ -264,12 +265,14 @@ pub fn repair(dir: &Path) -> Result<RepairReport, StoreError> {
         let mut txn = db.begin_write().map_err(|x| e(x.into()))?;
         txn.set_durability(Durability::Immediate);
         {
-            let mut queue = txn.open_table(QUEUE).map_err(|x| e(x.into()))?;
+            let mut queue = QueueTable { path: &path, table: txn.open_table(QUEUE).map_err(|x| e(x.into()))? };
+            let mut buckets = BucketCache::default();
             for (client, seq) in &fixes.dangling {
-                if queue.remove((client.as_str(), *seq)).map_err(|x| e(x.into()))?.is_some() {
+                if buckets.remove(&mut queue, client, *seq)?.is_some() {
                     out.dangling_entries_removed += 1;
                 }
             }
+            buckets.flush(&mut queue)?;
             let mut messages = txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
             for (id, refcount) in &fixes.refcounts {
                 if *refcount == 0 {

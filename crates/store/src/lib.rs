@@ -51,6 +51,7 @@
 #![warn(missing_docs)]
 
 mod apply;
+mod buckets;
 mod check;
 mod error;
 mod memory;
@@ -70,7 +71,7 @@ pub use redb_store::RedbStore;
 pub const FILE_NAME: &str = "halyard.redb";
 
 /// The on-disk layout version written to the `meta` table; a file with another version is refused.
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 
 /// One change to the store. Ops are applied in order; see the crate docs for what is atomic.
 #[derive(Debug, Clone, PartialEq, Eq)]

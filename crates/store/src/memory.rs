@@ -75,8 +75,12 @@ impl Tables for State {
         Ok(())
     }
     fn entry_insert(&mut self, client: &str, seq: u64, msg: u64, meta: &Bytes) -> Result<Option<u64>, StoreError> {
-        let q = self.queue.entry(client.to_string()).or_default();
-        Ok(q.insert(seq, (msg, meta.clone())).map(|(old, _)| old))
+        // Looked up by &str first: the owned key is only built for a client's first entry.
+        if let Some(q) = self.queue.get_mut(client) {
+            return Ok(q.insert(seq, (msg, meta.clone())).map(|(old, _)| old));
+        }
+        self.queue.insert(client.to_string(), BTreeMap::from([(seq, (msg, meta.clone()))]));
+        Ok(None)
     }
     fn entry_set_meta(&mut self, client: &str, seq: u64, meta: &Bytes) -> Result<bool, StoreError> {
         match self.queue.get_mut(client).and_then(|q| q.get_mut(&seq)) {

@@ -13,6 +13,7 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 use tokio::sync::watch;
 
 use crate::apply::{apply, Applied, Tables};
+use crate::buckets::{self, bucket_of, BucketCache, BucketTable};
 use crate::check::Walk;
 use crate::error::{corrupt, from_redb, panic_text};
 use crate::{CheckReport, Fsync, Op, QueueEntry, Restored, Store, StoreError, StoreStats, FILE_NAME, FORMAT_VERSION};
@@ -21,9 +22,9 @@ use crate::{CheckReport, Fsync, Op, QueueEntry, Restored, Store, StoreError, Sto
 // tables directly and so notices a silent change).
 /// message id → (refcount, message blob)
 pub(crate) const MESSAGES: TableDefinition<u64, (u32, &[u8])> = TableDefinition::new("messages");
-/// (client id, seq) → (message id, meta blob); redb orders tuple keys field by field, so one client's
-/// entries are contiguous and in seq order.
-pub(crate) const QUEUE: TableDefinition<(&str, u64), (u64, &[u8])> = TableDefinition::new("queue");
+/// (client id, bucket) → the client's queue entries whose seq is in that bucket ([`crate::buckets`]);
+/// redb orders tuple keys field by field, so one client's buckets are contiguous and in seq order.
+pub(crate) const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue_buckets");
 /// client id → session blob
 pub(crate) const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// topic → retained message blob
@@ -196,10 +197,7 @@ fn init_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(|x| e(x.into()))?;
     txn.set_durability(Durability::Immediate);
     {
-        txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
-        txn.open_table(QUEUE).map_err(|x| e(x.into()))?;
-        txn.open_table(SESSIONS).map_err(|x| e(x.into()))?;
-        txn.open_table(RETAINED).map_err(|x| e(x.into()))?;
+        // The version first: an older layout's tables may have other types, which redb refuses to open.
         let mut meta = txn.open_table(META).map_err(|x| e(x.into()))?;
         let found = meta.get(META_FORMAT).map_err(|x| e(x.into()))?.map(|g| g.value());
         match found {
@@ -218,6 +216,10 @@ fn init_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
                 }
             }
         }
+        txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
+        txn.open_table(QUEUE).map_err(|x| e(x.into()))?;
+        txn.open_table(SESSIONS).map_err(|x| e(x.into()))?;
+        txn.open_table(RETAINED).map_err(|x| e(x.into()))?;
     }
     txn.commit().map_err(|x| e(x.into()))
 }
@@ -360,19 +362,24 @@ impl Store for RedbStore {
             let queue = txn.open_table(QUEUE).map_err(|x| e(x.into()))?;
             let messages = txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
             let mut out = Vec::with_capacity(limit.min(1024));
-            for item in queue.range((client, from)..=(client, u64::MAX)).map_err(|x| e(x.into()))? {
+            for item in queue.range((client, bucket_of(from))..=(client, u64::MAX)).map_err(|x| e(x.into()))? {
                 let (k, v) = item.map_err(|x| e(x.into()))?;
-                let seq = k.value().1;
-                let (msg, meta) = v.value();
-                match messages.get(msg).map_err(|x| e(x.into()))? {
-                    Some(m) => out.push((seq, Bytes::copy_from_slice(meta), msg, Bytes::copy_from_slice(m.value().1))),
-                    None => tracing::error!(
-                        path = %path.display(), client, seq, msg,
-                        "store: queue entry references a missing message; skipped (run `halyard ctl store repair`)"
-                    ),
-                }
-                if out.len() >= limit {
-                    break;
+                let bucket = k.value().1;
+                for entry in buckets::decode(path, client, bucket, v.value())? {
+                    if entry.seq < from {
+                        continue;
+                    }
+                    let (seq, msg) = (entry.seq, entry.msg);
+                    match messages.get(msg).map_err(|x| e(x.into()))? {
+                        Some(m) => out.push((seq, entry.meta, msg, Bytes::copy_from_slice(m.value().1))),
+                        None => tracing::error!(
+                            path = %path.display(), client, seq, msg,
+                            "store: queue entry references a missing message; skipped (run `halyard ctl store repair`)"
+                        ),
+                    }
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
                 }
             }
             Ok(out)
@@ -444,15 +451,17 @@ fn restore_from(db: &Database, path: &Path) -> Result<Restored, StoreError> {
         // Entries are grouped by client, so one running counter per client suffices.
         let mut current: Option<(String, u64, u64)> = None;
         for item in queue.iter().map_err(|x| e(x.into()))? {
-            let (k, _) = item.map_err(|x| e(x.into()))?;
-            let (client, seq) = k.value();
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            let (client, bucket) = k.value();
+            let entries = buckets::decode(path, client, bucket, v.value())?;
+            let (n, Some(last)) = (entries.len() as u64, entries.last().map(|e| e.seq)) else { continue };
             match &mut current {
                 Some((c, len, max)) if c == client => {
-                    *len += 1;
-                    *max = (*max).max(seq);
+                    *len += n;
+                    *max = (*max).max(last);
                 }
                 _ => {
-                    if let Some((c, len, max)) = current.replace((client.to_string(), 1, seq)) {
+                    if let Some((c, len, max)) = current.replace((client.to_string(), n, last)) {
                         r.queue_lens.insert(c, (len, max));
                     }
                 }
@@ -491,8 +500,10 @@ pub(crate) fn walk(db: &Database, path: &Path) -> Result<Walk, StoreError> {
     let queue = txn.open_table(QUEUE).map_err(|x| e(x.into()))?;
     for item in queue.iter().map_err(|x| e(x.into()))? {
         let (k, v) = item.map_err(|x| e(x.into()))?;
-        let (client, seq) = k.value();
-        w.entry(client, seq, v.value().0);
+        let (client, bucket) = k.value();
+        for entry in buckets::decode(path, client, bucket, v.value())? {
+            w.entry(client, entry.seq, entry.msg);
+        }
     }
     Ok(w)
 }
@@ -601,7 +612,8 @@ fn commit(db: &Database, shared: &Shared, batches: &[Batch], durable: bool) -> R
         let mut t = RedbTables {
             path,
             messages: txn.open_table(MESSAGES).map_err(|x| e("open table", x.into()))?,
-            queue: txn.open_table(QUEUE).map_err(|x| e("open table", x.into()))?,
+            queue: QueueTable { path, table: txn.open_table(QUEUE).map_err(|x| e("open table", x.into()))? },
+            buckets: BucketCache::default(),
             sessions: txn.open_table(SESSIONS).map_err(|x| e("open table", x.into()))?,
             retained: txn.open_table(RETAINED).map_err(|x| e("open table", x.into()))?,
             meta: txn.open_table(META).map_err(|x| e("open table", x.into()))?,
@@ -624,7 +636,9 @@ fn commit(db: &Database, shared: &Shared, batches: &[Batch], durable: bool) -> R
 pub(crate) struct RedbTables<'t> {
     pub path: &'t Path,
     pub messages: redb::Table<'t, u64, (u32, &'static [u8])>,
-    pub queue: redb::Table<'t, (&'static str, u64), (u64, &'static [u8])>,
+    pub queue: QueueTable<'t>,
+    /// The queue buckets this transaction has changed, written back by `finish`.
+    pub buckets: BucketCache,
     pub sessions: redb::Table<'t, &'static str, &'static [u8]>,
     pub retained: redb::Table<'t, &'static str, &'static [u8]>,
     pub meta: redb::Table<'t, &'static str, u64>,
@@ -657,29 +671,19 @@ impl Tables for RedbTables<'_> {
         Ok(())
     }
     fn entry_insert(&mut self, client: &str, seq: u64, msg: u64, meta: &Bytes) -> Result<Option<u64>, StoreError> {
-        Ok(self.queue.insert((client, seq), (msg, &meta[..])).map_err(|x| werr(self.path, x))?.map(|g| g.value().0))
+        self.buckets.insert(&mut self.queue, client, seq, msg, meta)
     }
     fn entry_set_meta(&mut self, client: &str, seq: u64, meta: &Bytes) -> Result<bool, StoreError> {
-        let msg = match self.queue.get((client, seq)).map_err(|x| werr(self.path, x))? {
-            Some(g) => g.value().0,
-            None => return Ok(false),
-        };
-        self.queue.insert((client, seq), (msg, &meta[..])).map_err(|x| werr(self.path, x))?;
-        Ok(true)
+        self.buckets.set_meta(&mut self.queue, client, seq, meta)
     }
     fn entry_remove(&mut self, client: &str, seq: u64) -> Result<Option<u64>, StoreError> {
-        Ok(self.queue.remove((client, seq)).map_err(|x| werr(self.path, x))?.map(|g| g.value().0))
+        self.buckets.remove(&mut self.queue, client, seq)
     }
     fn entries_remove_client(&mut self, client: &str) -> Result<Vec<u64>, StoreError> {
-        let mut entries = Vec::new();
-        for item in self.queue.range((client, 0)..=(client, u64::MAX)).map_err(|x| werr(self.path, x))? {
-            let (k, v) = item.map_err(|x| werr(self.path, x))?;
-            entries.push((k.value().1, v.value().0));
-        }
-        for (seq, _) in &entries {
-            self.queue.remove((client, *seq)).map_err(|x| werr(self.path, x))?;
-        }
-        Ok(entries.into_iter().map(|(_, msg)| msg).collect())
+        self.buckets.remove_client(&mut self.queue, client)
+    }
+    fn finish(&mut self) -> Result<(), StoreError> {
+        self.buckets.flush(&mut self.queue)
     }
     fn session_put(&mut self, client: &str, data: &Bytes) -> Result<(), StoreError> {
         self.sessions.insert(client, &data[..]).map_err(|x| werr(self.path, x))?;
@@ -702,6 +706,38 @@ impl Tables for RedbTables<'_> {
     }
     fn set_next_message_id(&mut self, id: u64) -> Result<(), StoreError> {
         self.meta.insert(META_NEXT_ID, id).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+}
+
+/// The queue table of a write transaction, as [`BucketCache`] reads and writes it.
+pub(crate) struct QueueTable<'t> {
+    pub path: &'t Path,
+    pub table: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+}
+
+impl BucketTable for QueueTable<'_> {
+    fn get(&mut self, client: &str, bucket: u64) -> Result<Option<Vec<buckets::Entry>>, StoreError> {
+        match self.table.get((client, bucket)).map_err(|x| werr(self.path, x))? {
+            Some(g) => Ok(Some(buckets::decode(self.path, client, bucket, g.value())?)),
+            None => Ok(None),
+        }
+    }
+    fn all(&mut self, client: &str) -> Result<Vec<(u64, Vec<buckets::Entry>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.table.range((client, 0)..=(client, u64::MAX)).map_err(|x| werr(self.path, x))? {
+            let (k, v) = item.map_err(|x| werr(self.path, x))?;
+            let bucket = k.value().1;
+            out.push((bucket, buckets::decode(self.path, client, bucket, v.value())?));
+        }
+        Ok(out)
+    }
+    fn put(&mut self, client: &str, bucket: u64, entries: &[buckets::Entry]) -> Result<(), StoreError> {
+        self.table.insert((client, bucket), buckets::encode(entries).as_slice()).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn remove(&mut self, client: &str, bucket: u64) -> Result<(), StoreError> {
+        self.table.remove((client, bucket)).map_err(|x| werr(self.path, x))?;
         Ok(())
     }
 }

@@ -12,7 +12,14 @@ use redb::{Database, TableDefinition};
 
 // The documented layout, spelled out independently of the crate so a silent layout change fails here.
 const MESSAGES: TableDefinition<u64, (u32, &[u8])> = TableDefinition::new("messages");
-const QUEUE: TableDefinition<(&str, u64), (u64, &[u8])> = TableDefinition::new("queue");
+/// (client, seq rounded down to a multiple of 64) → entries, each `seq u64 LE, message id u64 LE, meta length
+/// u32 LE, meta`, in seq order.
+const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue_buckets");
+
+/// One bucket value holding a single entry with empty meta.
+fn bucket_with(seq: u64, msg: u64) -> Vec<u8> {
+    [seq.to_le_bytes().as_slice(), &msg.to_le_bytes(), &0u32.to_le_bytes()].concat()
+}
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// A store with a few hundred KiB of data spread over many pages; returns what restore saw.
@@ -149,7 +156,7 @@ fn check_finds_and_repair_fixes_broken_refcounts_and_dangling_entries() {
             m.insert(40, (1u32, b"orphan".as_slice())).unwrap(); // none does
             m.remove(3).unwrap(); // ("c", 1) now dangles
             let mut q = txn.open_table(QUEUE).unwrap();
-            q.insert(("d", 9), (77u64, b"".as_slice())).unwrap(); // another dangling entry
+            q.insert(("d", 0), bucket_with(9, 77).as_slice()).unwrap(); // another dangling entry
             let mut meta = txn.open_table(META).unwrap();
             meta.insert("next_message_id", 10).unwrap(); // below the orphan's 40
         }
