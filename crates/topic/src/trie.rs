@@ -1,5 +1,6 @@
 //! The subscription index used to route PUBLISH messages.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
@@ -34,21 +35,112 @@ struct Entries<K, V> {
 
 /// The subscribers of one filter.
 enum Subs<K, V> {
-    /// Most filters have a single subscriber; keeping it inline saves a table allocation per filter and,
-    /// when matching, the cache miss of reaching that table.
+    /// Most filters have a single subscriber; keeping it inline saves an allocation per filter and, when
+    /// matching, the cache miss of reaching it.
     One(K, V),
     /// Two or more subscribers (empty only transiently).
-    Many(HashMap<K, V>),
+    Many(Many<K, V>),
 }
 
-impl<K: Hash + Eq, V> Subs<K, V> {
+/// More subscribers than this get a hash index; up to this many are found by a linear scan, which for a
+/// few keys is faster than hashing one.
+const INDEX_ABOVE: usize = 16;
+/// An index is dropped again only when removals bring the count down to this, so a count hovering around
+/// `INDEX_ABOVE` does not rebuild it on every insert.
+const UNINDEX_AT: usize = INDEX_ABOVE / 2;
+
+/// Two or more subscribers of one filter.
+///
+/// Matching reports every subscriber of a matched filter, and a popular filter may have thousands, so
+/// they are kept contiguous: reporting them is a walk over one slice. Lookups by key (subscribe,
+/// unsubscribe, `get`) scan the slice while it is short and use `index` once it is long.
+struct Many<K, V> {
+    entries: Vec<(K, V)>,
+    /// Where each key is in `entries`. Built when `entries` grows past `INDEX_ABOVE`, dropped when it
+    /// shrinks to `UNINDEX_AT`. Boxed so that it costs filters without one a pointer, not a 48-byte table
+    /// header (which would make every `Subs`, most of which are `One`, that much bigger).
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<K, usize>>>,
+}
+
+impl<K: Hash + Eq + Clone, V> Many<K, V> {
+    fn new() -> Self {
+        Many { entries: Vec::new(), index: None }
+    }
+
+    /// Where `key` is in `entries`.
+    fn position(&self, key: &K) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(key).copied(),
+            None => self.entries.iter().position(|(k, _)| k == key),
+        }
+    }
+
+    fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let at = match &mut self.index {
+            Some(index) => match index.entry(key.clone()) {
+                Entry::Occupied(slot) => Some(*slot.get()),
+                Entry::Vacant(slot) => {
+                    slot.insert(self.entries.len());
+                    None
+                }
+            },
+            None => self.entries.iter().position(|(k, _)| *k == key),
+        };
+        if let Some(i) = at {
+            return self.entries.get_mut(i).map(|(_, v)| std::mem::replace(v, value));
+        }
+        self.entries.push((key, value));
+        if self.index.is_none() && self.entries.len() > INDEX_ABOVE {
+            self.index = Some(Box::new(self.entries.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect()));
+        }
+        None
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
+        let i = match &mut self.index {
+            Some(index) => index.remove(key)?,
+            None => self.entries.iter().position(|(k, _)| k == key)?,
+        };
+        // `i` is always in bounds; checking keeps `swap_remove` from being a panic path.
+        let (_, value) = (i < self.entries.len()).then(|| self.entries.swap_remove(i))?;
+        if let Some(index) = &mut self.index {
+            // The last entry moved into the hole, unless it was the one removed.
+            if let Some(slot) = self.entries.get(i).and_then(|(moved, _)| index.get_mut(moved)) {
+                *slot = i;
+            }
+            if self.entries.len() <= UNINDEX_AT {
+                self.index = None;
+            } else if index.capacity() > 64 && index.len() * 4 < index.capacity() {
+                index.shrink_to_fit();
+            }
+        }
+        // Gives memory back after a mass unsubscribe from one filter; the thresholds keep it from thrashing.
+        if self.entries.capacity() > 64 && self.entries.len() * 4 < self.entries.capacity() {
+            self.entries.shrink_to_fit();
+        }
+        Some(value)
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        self.position(key).and_then(|i| self.entries.get(i)).map(|(_, v)| v)
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.position(key).and_then(|i| self.entries.get_mut(i)).map(|(_, v)| v)
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> Subs<K, V> {
     fn insert(&mut self, key: K, value: V) -> Option<V> {
         match self {
             Subs::One(k, v) if *k == key => Some(std::mem::replace(v, value)),
-            Subs::Many(map) => map.insert(key, value),
+            Subs::Many(many) => many.insert(key, value),
             Subs::One(..) => {
-                if let Subs::One(k, v) = std::mem::replace(self, Subs::Many(HashMap::new())) {
-                    *self = Subs::Many(HashMap::from([(k, v), (key, value)]));
+                if let Subs::One(k, v) = std::mem::replace(self, Subs::Many(Many::new())) {
+                    let mut entries = Vec::with_capacity(2);
+                    entries.extend([(k, v), (key, value)]);
+                    *self = Subs::Many(Many { entries, index: None });
                 }
                 None
             }
@@ -58,20 +150,17 @@ impl<K: Hash + Eq, V> Subs<K, V> {
     /// Removes `key`'s subscription; the flag says whether none is left.
     fn remove(&mut self, key: &K) -> Option<(V, bool)> {
         match self {
-            Subs::One(k, _) if k == key => match std::mem::replace(self, Subs::Many(HashMap::new())) {
+            Subs::One(k, _) if k == key => match std::mem::replace(self, Subs::Many(Many::new())) {
                 Subs::One(_, v) => Some((v, true)),
                 Subs::Many(_) => None,
             },
             Subs::One(..) => None,
-            Subs::Many(map) => {
-                let value = map.remove(key)?;
-                if map.len() == 1 {
-                    let last = map.drain().next();
-                    if let Some((k, v)) = last {
+            Subs::Many(many) => {
+                let value = many.remove(key)?;
+                if many.entries.len() == 1 {
+                    if let Some((k, v)) = many.entries.pop() {
                         *self = Subs::One(k, v);
                     }
-                } else {
-                    shrink_if_sparse(map);
                 }
                 Some((value, self.is_empty()))
             }
@@ -79,20 +168,20 @@ impl<K: Hash + Eq, V> Subs<K, V> {
     }
 
     fn is_empty(&self) -> bool {
-        matches!(self, Subs::Many(map) if map.is_empty())
+        matches!(self, Subs::Many(many) if many.entries.is_empty())
     }
 
     fn get(&self, key: &K) -> Option<&V> {
         match self {
             Subs::One(k, v) => (k == key).then_some(v),
-            Subs::Many(map) => map.get(key),
+            Subs::Many(many) => many.get(key),
         }
     }
 
     fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         match self {
             Subs::One(k, v) => (k == key).then_some(v),
-            Subs::Many(map) => map.get_mut(key),
+            Subs::Many(many) => many.get_mut(key),
         }
     }
 
@@ -100,7 +189,7 @@ impl<K: Hash + Eq, V> Subs<K, V> {
     fn for_each(&self, mut f: impl FnMut(&K, &V)) {
         match self {
             Subs::One(k, v) => f(k, v),
-            Subs::Many(map) => map.iter().for_each(|(k, v)| f(k, v)),
+            Subs::Many(many) => many.entries.iter().for_each(|(k, v)| f(k, v)),
         }
     }
 }
@@ -265,16 +354,7 @@ impl<K: Hash + Eq + Clone, V> SubscriptionTrie<K, V> {
 
     /// The value `key` has for `filter`.
     pub fn get(&self, filter: &str, key: &K) -> Option<&V> {
-        if !is_wildcard(filter) {
-            return self.exact.get(filter)?.get(key);
-        }
-        let (path, hash) = split_filter(filter);
-        let mut node = &self.root;
-        for level in levels(path) {
-            node = node.child(level)?;
-        }
-        let slot = if hash { &node.hash } else { &node.entries };
-        slot.as_ref()?.subs.get(key)
+        self.subs(filter)?.get(key)
     }
 
     /// The value `key` has for `filter`, mutably.
@@ -391,6 +471,20 @@ impl<K: Hash + Eq + Clone, V> SubscriptionTrie<K, V> {
         }
     }
 
+    /// The subscribers of `filter`.
+    fn subs(&self, filter: &str) -> Option<&Subs<K, V>> {
+        if !is_wildcard(filter) {
+            return self.exact.get(filter);
+        }
+        let (path, hash) = split_filter(filter);
+        let mut node = &self.root;
+        for level in levels(path) {
+            node = node.child(level)?;
+        }
+        let slot = if hash { &node.hash } else { &node.entries };
+        Some(&slot.as_ref()?.subs)
+    }
+
     #[cfg(test)]
     fn node_count(&self) -> usize {
         let mut count = 0;
@@ -402,13 +496,6 @@ impl<K: Hash + Eq + Clone, V> SubscriptionTrie<K, V> {
             stack.extend(node.plus.as_deref());
         }
         count
-    }
-}
-
-/// Gives memory back after a mass unsubscribe from one filter; the thresholds keep it from thrashing.
-fn shrink_if_sparse<K: Hash + Eq, V>(subs: &mut HashMap<K, V>) {
-    if subs.capacity() > 64 && subs.len() * 4 < subs.capacity() {
-        subs.shrink_to_fit();
     }
 }
 
@@ -468,6 +555,8 @@ impl<'n, K, V> Branches<'n, K, V> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn matched(trie: &SubscriptionTrie<u32, u32>, topic: &str) -> Vec<(String, u32, u32)> {
@@ -601,6 +690,179 @@ mod tests {
         }
         fn t_filters() -> Vec<String> {
             ["", "/", "//", "#", "+", "a/#/b", "é/+", "a+", "\0", "$", "$/#"].iter().map(|s| s.to_string()).collect()
+        }
+    }
+
+    /// Checks the invariants of one filter's subscribers as they stand between operations, and returns
+    /// its shape: (entries, whether indexed); a lone subscriber is (1, false).
+    fn check_subs<K: Hash + Eq + Clone + fmt::Debug, V>(subs: &Subs<K, V>) -> (usize, bool) {
+        let Subs::Many(many) = subs else { return (1, false) };
+        let n = many.entries.len();
+        assert!(n >= 2, "Many with {n} entries left behind");
+        match &many.index {
+            None => assert!(n <= INDEX_ABOVE, "{n} entries without an index"),
+            Some(index) => {
+                assert!(n > UNINDEX_AT, "index kept for {n} entries");
+                assert_eq!(index.len(), n);
+                for (i, (k, _)) in many.entries.iter().enumerate() {
+                    assert_eq!(index.get(k), Some(&i), "index of {k:?}");
+                }
+            }
+        }
+        (n, many.index.is_some())
+    }
+
+    fn subs_shape(t: &SubscriptionTrie<u32, u32>, filter: &str) -> Option<(usize, bool)> {
+        t.subs(filter).map(check_subs)
+    }
+
+    /// Walks one exact and one wildcard filter through every shape: one subscriber, a few (scanned), many
+    /// (indexed), and back down, replacing and removing at each stage.
+    #[test]
+    fn subs_transitions() {
+        for filter in ["a/b", "a/+", "a/#", "#"] {
+            let mut t = SubscriptionTrie::new();
+            // One: insert, replace.
+            assert_eq!(t.insert(filter, 0, 100), None);
+            assert_eq!(subs_shape(&t, filter), Some((1, false)));
+            assert_eq!(t.insert(filter, 0, 0), Some(100));
+            assert_eq!(subs_shape(&t, filter), Some((1, false)));
+            // One -> Many without index.
+            assert_eq!(t.insert(filter, 1, 1), None);
+            assert_eq!(subs_shape(&t, filter), Some((2, false)));
+            assert_eq!(t.insert(filter, 0, 10), Some(0), "replace the first of two");
+            assert_eq!(t.insert(filter, 1, 11), Some(1), "replace the second of two");
+            assert_eq!(subs_shape(&t, filter), Some((2, false)));
+            for k in 2..INDEX_ABOVE as u32 {
+                assert_eq!(t.insert(filter, k, k), None);
+            }
+            assert_eq!(subs_shape(&t, filter), Some((INDEX_ABOVE, false)));
+            assert_eq!(t.insert(filter, 5, 50), Some(5), "replace while scanning");
+            assert_eq!(subs_shape(&t, filter), Some((INDEX_ABOVE, false)));
+            // Past INDEX_ABOVE: indexed.
+            assert_eq!(t.insert(filter, 1000, 1000), None);
+            assert_eq!(subs_shape(&t, filter), Some((INDEX_ABOVE + 1, true)));
+            assert_eq!(t.insert(filter, 7, 70), Some(7), "replace through the index");
+            assert_eq!(t.insert(filter, 1000, 1001), Some(1000), "replace the last through the index");
+            assert_eq!(subs_shape(&t, filter), Some((INDEX_ABOVE + 1, true)));
+            assert_eq!(t.get(filter, &7), Some(&70));
+            if let Some(v) = t.get_mut(filter, &1000) {
+                *v = 1002;
+            }
+            assert_eq!(t.get(filter, &1000), Some(&1002));
+            assert_eq!(t.get(filter, &999), None);
+            // Removing from the front moves the last entry (1000) into the hole; its index must follow.
+            assert_eq!(t.remove(filter, &0), Some(10));
+            assert_eq!(t.remove(filter, &0), None);
+            assert_eq!(t.remove(filter, &999), None);
+            assert_eq!(subs_shape(&t, filter), Some((INDEX_ABOVE, true)), "index kept above UNINDEX_AT");
+            assert_eq!(t.get(filter, &1000), Some(&1002));
+            assert_eq!(t.insert(filter, 1000, 1003), Some(1002), "replace the moved entry");
+            // Removing the last entry moves nothing.
+            assert_eq!(t.remove(filter, &1000), Some(1003));
+            assert_eq!(subs_shape(&t, filter), Some((INDEX_ABOVE - 1, true)));
+            let mut left: Vec<u32> = (1..INDEX_ABOVE as u32).collect();
+            let mut values = BTreeMap::new();
+            t.for_each_match(if filter == "a/b" { "a/b" } else { "a/x" }, |_, k, v| {
+                values.insert(*k, *v);
+            });
+            assert_eq!(values.keys().copied().collect::<Vec<_>>(), left);
+            assert_eq!((values[&1], values[&5], values[&7], values[&15]), (11, 50, 70, 15));
+            // Down to UNINDEX_AT: the index goes; scanning must still find everything.
+            while left.len() > UNINDEX_AT {
+                let k = left.remove(left.len() / 2);
+                assert_eq!(t.remove(filter, &k), Some(values[&k]));
+                assert_eq!(subs_shape(&t, filter), Some((left.len(), left.len() > UNINDEX_AT)));
+            }
+            for k in &left {
+                assert_eq!(t.get(filter, k), Some(&values[k]));
+            }
+            assert_eq!(t.insert(filter, left[0], 0), Some(values[&left[0]]), "replace after unindexing");
+            // Growing again past INDEX_ABOVE rebuilds the index.
+            for k in 100..100 + (INDEX_ABOVE - UNINDEX_AT + 1) as u32 {
+                t.insert(filter, k, k);
+            }
+            assert_eq!(subs_shape(&t, filter), Some((INDEX_ABOVE + 1, true)));
+            for k in 100..100 + (INDEX_ABOVE - UNINDEX_AT + 1) as u32 {
+                assert_eq!(t.remove(filter, &k), Some(k));
+            }
+            assert_eq!(subs_shape(&t, filter), Some((UNINDEX_AT, false)));
+            // Down to two, then one (back to One), then none.
+            while left.len() > 2 {
+                let k = left.pop().unwrap_or_default();
+                assert!(t.remove(filter, &k).is_some());
+            }
+            assert_eq!(subs_shape(&t, filter), Some((2, false)));
+            assert_eq!(t.remove(filter, &left[0]), Some(0));
+            assert_eq!(subs_shape(&t, filter), Some((1, false)));
+            assert_eq!(t.get(filter, &left[1]), Some(&values[&left[1]]));
+            assert_eq!(t.remove(filter, &left[0]), None);
+            assert_eq!(t.remove(filter, &left[1]), Some(values[&left[1]]));
+            assert_eq!(subs_shape(&t, filter), None);
+            assert!(t.is_empty());
+            assert_eq!(t.node_count(), 1);
+            assert!(t.exact.is_empty());
+        }
+    }
+
+    #[test]
+    fn mass_unsubscribe_gives_memory_back() {
+        let mut t = SubscriptionTrie::new();
+        for k in 0..10_000 {
+            t.insert("a/#", k, k);
+        }
+        for k in 10..10_000 {
+            assert_eq!(t.remove("a/#", &k), Some(k));
+        }
+        assert_eq!(subs_shape(&t, "a/#"), Some((10, true)));
+        let Some(Subs::Many(many)) = t.subs("a/#") else { panic!("expected many subscribers") };
+        assert!(many.entries.capacity() < 100, "capacity {}", many.entries.capacity());
+        assert!(many.index.as_ref().is_some_and(|index| index.capacity() < 100));
+        let mut keys = Vec::new();
+        t.for_each_match("a", |_, k, _| keys.push(*k));
+        keys.sort();
+        assert_eq!(keys, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn subs_stay_small() {
+        // Most filters have one subscriber, so `Subs` is mostly `One`, yet every `Subs` is as big as `Many`:
+        // a vector and a pointer, not a hash table header (48 bytes on 64-bit targets).
+        assert!(std::mem::size_of::<Subs<u64, ()>>() <= 32, "{}", std::mem::size_of::<Subs<u64, ()>>());
+    }
+
+    proptest::proptest! {
+        /// Many keys on few filters, so that every filter goes through every shape in both directions;
+        /// the trie must agree with a map of (filter, key) at every step.
+        #[test]
+        fn many_subscribers_agree_with_a_map(
+            grow in proptest::collection::vec((0..3usize, 0..40u32, proptest::bool::weighted(0.8), 0..1000u32), 1..300),
+            shrink in proptest::collection::vec((0..3usize, 0..40u32, proptest::bool::weighted(0.2), 0..1000u32), 1..300),
+        ) {
+            const FILTERS: [&str; 3] = ["a/b", "a/+", "a/#"];
+            let mut t = SubscriptionTrie::new();
+            let mut model: BTreeMap<(usize, u32), u32> = BTreeMap::new();
+            for (f, k, insert, v) in grow.into_iter().chain(shrink) {
+                if insert {
+                    proptest::prop_assert_eq!(t.insert(FILTERS[f], k, v), model.insert((f, k), v));
+                } else {
+                    proptest::prop_assert_eq!(t.remove(FILTERS[f], &k), model.remove(&(f, k)));
+                }
+                proptest::prop_assert_eq!(t.len(), model.len());
+                for (f, filter) in FILTERS.iter().enumerate() {
+                    let n = model.range((f, 0)..(f + 1, 0)).count();
+                    let shape = subs_shape(&t, filter);
+                    proptest::prop_assert_eq!(shape.map(|s| s.0).unwrap_or(0), n);
+                }
+            }
+            for ((f, k), v) in &model {
+                proptest::prop_assert_eq!(t.get(FILTERS[*f], k), Some(v));
+            }
+            let mut got = Vec::new();
+            t.for_each_match("a/b", |f, k, v| got.push((FILTERS.iter().position(|x| *x == f), *k, *v)));
+            got.sort();
+            let want: Vec<_> = model.iter().map(|((f, k), v)| (Some(*f), *k, *v)).collect();
+            proptest::prop_assert_eq!(got, want);
         }
     }
 
