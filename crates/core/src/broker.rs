@@ -130,10 +130,22 @@ impl Broker {
             disconnected_at_ms: if offline { persist::unix_ms_now() } else { 0 },
             subscriptions: state.subscriptions.clone(),
             will: will.map(Into::into),
-            awaiting_rel: Vec::new(),
+            awaiting_rel: sorted_ids(&state.awaiting_rel),
         };
         handle.mark_stored();
         Op::PutSession { client: handle.client_id.clone(), data: persist::encode_session(&rec) }
+    }
+
+    /// Stores the session's inbound QoS 2 ids awaiting PUBREL (with the rest of its record) after one was added
+    /// or released, for persistent sessions; returns the ticket the PUBREC/PUBCOMP must wait for (0: nothing
+    /// stored). Without it, a restart would route a resent PUBLISH again (a duplicate) or, worse, take a new
+    /// PUBLISH reusing a released id for a resend and drop it.
+    pub fn persist_awaiting_rel(&self, handle: &SessionHandle, state: &SessionState) -> Result<u64, StoreError> {
+        if !handle.is_persistent() {
+            return Ok(0);
+        }
+        let op = self.session_record(handle, state, None, false);
+        self.submit(vec![op])
     }
 
     /// Stores the session's subscriptions after SUBSCRIBE/UNSUBSCRIBE (persistent sessions only).
@@ -374,13 +386,13 @@ impl Broker {
 
     /// Rewrites an offline session's record without its will (once the will is published).
     pub(crate) fn forget_stored_will(&self, handle: &SessionHandle) {
-        if let Some(subscriptions) = handle.parked_subscription_records() {
+        if let Some((subscriptions, awaiting_rel)) = handle.parked_records() {
             let rec = SessionRecord {
                 expiry_interval: handle.expiry_interval(),
                 disconnected_at_ms: handle.offline_since(),
                 subscriptions,
                 will: None,
-                awaiting_rel: Vec::new(),
+                awaiting_rel,
             };
             let op = Op::PutSession { client: handle.client_id.clone(), data: persist::encode_session(&rec) };
             self.submit_logged(vec![op]);
@@ -481,4 +493,11 @@ impl Broker {
             expires_at: w.message_expiry.map(|s| now + Duration::from_secs(u64::from(s))),
         })
     }
+}
+
+/// Inbound QoS 2 ids in a stable order for the session record.
+fn sorted_ids(ids: &std::collections::HashMap<u16, Instant>) -> Vec<u16> {
+    let mut v: Vec<u16> = ids.keys().copied().collect();
+    v.sort_unstable();
+    v
 }

@@ -152,7 +152,13 @@ impl Broker {
                 ops.push(Op::DeleteSession { client: handle.client_id.clone() });
                 continue;
             }
-            let mut state = SessionState { subscriptions: rec.subscriptions.clone(), ..Default::default() };
+            // Inbound QoS 2 ids count from now: their age only matters for the v3 `await_rel_timeout`.
+            let restored_at = std::time::Instant::now();
+            let mut state = SessionState {
+                subscriptions: rec.subscriptions.clone(),
+                awaiting_rel: rec.awaiting_rel.iter().map(|id| (*id, restored_at)).collect(),
+                ..Default::default()
+            };
             for (filter, sub) in &rec.subscriptions {
                 if let Ok(parsed) = halyard_topic::parse_subscription(filter, 0) {
                     let entry = SubEntry { session: handle.clone(), options: sub.options, sub_id: sub.sub_id };

@@ -370,9 +370,13 @@ impl SessionHandle {
         self.offline_since.load(Ordering::Relaxed)
     }
 
-    /// The subscriptions of the parked (offline) state, to rewrite its record.
-    pub(crate) fn parked_subscription_records(&self) -> Option<HashMap<String, SubscriptionRecord>> {
-        self.parked.lock().as_ref().map(|s| s.subscriptions.clone())
+    /// The subscriptions and inbound QoS 2 ids of the parked (offline) state, to rewrite its record.
+    pub(crate) fn parked_records(&self) -> Option<(HashMap<String, SubscriptionRecord>, Vec<u16>)> {
+        self.parked.lock().as_ref().map(|s| {
+            let mut ids: Vec<u16> = s.awaiting_rel.keys().copied().collect();
+            ids.sort_unstable();
+            (s.subscriptions.clone(), ids)
+        })
     }
 
     pub(crate) fn mark_stored(&self) {

@@ -75,10 +75,17 @@ impl Conn {
                     tracing::debug!(packet_id = pid, "max_awaiting_rel reached: QoS 2 message dropped");
                     return Ok(());
                 }
-                let (code, ticket) = self.route(p, now)?;
+                let (mut code, mut ticket) = self.route(p, now)?;
                 // A refused message (0x97) is not held: its retry must be routed, not answered as a duplicate.
                 if code < 0x80 {
                     self.state.awaiting_rel.insert(pid, now);
+                    match self.store_awaiting_rel() {
+                        Ok(t) => ticket = ticket.max(t),
+                        Err(refused) => {
+                            self.state.awaiting_rel.remove(&pid);
+                            code = refused?;
+                        }
+                    }
                 }
                 self.ack_when_stored(Packet::PubRec, pid, code, ticket);
             }
@@ -144,13 +151,33 @@ impl Conn {
     }
 
     pub(super) fn on_pubrel(&mut self, a: PubResp) -> Result<(), Close> {
-        let code = match self.state.awaiting_rel.remove(&a.packet_id) {
-            Some(_) => rc::SUCCESS,
-            None => rc::PACKET_IDENTIFIER_NOT_FOUND,
+        if self.state.awaiting_rel.remove(&a.packet_id).is_none() {
+            // [MQTT-4.3.3-11] answer PUBREL with PUBCOMP even for an unknown id (v5 says so in the reason code).
+            self.send_ack(Packet::PubComp, a.packet_id, rc::PACKET_IDENTIFIER_NOT_FOUND, "");
+            return Ok(());
+        }
+        // PUBCOMP once the release is stored: the client may reuse the id right after, and a restart that still
+        // remembered it would take the new PUBLISH for a resend and drop it.
+        let (code, ticket) = match self.store_awaiting_rel() {
+            Ok(t) => (rc::SUCCESS, t),
+            Err(refused) => (refused?, 0),
         };
-        // [MQTT-4.3.3-11] answer PUBREL with PUBCOMP even for an unknown id (v5 says so in the reason code).
-        self.send_ack(Packet::PubComp, a.packet_id, code, "");
+        self.ack_when_stored(Packet::PubComp, a.packet_id, code, ticket);
         Ok(())
+    }
+
+    /// Stores the inbound QoS 2 ids of a persistent session; returns the ticket to wait for. A store that
+    /// refuses work gives `Err(Ok(0x97))` for v5 and `Err(Err(close))` for v3, as for a refused publish.
+    fn store_awaiting_rel(&mut self) -> Result<u64, Result<u8, Close>> {
+        let Some(session) = self.session.clone() else { return Ok(0) };
+        self.broker.persist_awaiting_rel(&session, &self.state).map_err(|e| {
+            tracing::warn!(error = %e, "store refuses new work: inbound QoS 2 state not stored");
+            if self.version.is_v5() {
+                Ok(rc::QUOTA_EXCEEDED)
+            } else {
+                Err(Close::error(rc::QUOTA_EXCEEDED, "the store cannot take messages"))
+            }
+        })
     }
 
     /// PUBACK / PUBREC / PUBCOMP with a reason code (v5) and, for failures, a reason string.
