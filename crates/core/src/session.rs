@@ -157,10 +157,12 @@ pub struct SessionHandle {
     stored: AtomicBool,
     /// When the session last went offline (ms since the epoch), as its stored record says.
     offline_since: AtomicU64,
-    parked: Mutex<Option<SessionState>>,
+    /// Boxed, like the pending will: only offline sessions have one, and every online connection's handle
+    /// would otherwise carry the space (per-connection memory, docs/performance.md).
+    parked: Mutex<Option<Box<SessionState>>>,
     /// A will waiting for its delay while the session is offline. Whatever ends the session first (the delay,
     /// the session's expiry, a clean start) takes and publishes it; a resume cancels it.
-    pending_will: Mutex<Option<crate::broker::Will>>,
+    pending_will: Mutex<Option<Box<crate::broker::Will>>>,
     /// How to reach the owning connection; used at most once (a takeover), hence a oneshot.
     owner: Mutex<Option<oneshot::Sender<Control>>>,
     /// Serialises connects of the same client id, so a takeover is one step even when clients race.
@@ -402,7 +404,7 @@ impl SessionHandle {
     }
 
     pub(crate) fn set_parked(&self, state: SessionState) {
-        *self.parked.lock() = Some(state);
+        *self.parked.lock() = Some(Box::new(state));
     }
 
     pub fn expiry_interval(&self) -> u32 {
@@ -432,7 +434,7 @@ impl SessionHandle {
 
     /// The owning connection gives the session back (disconnect or takeover). Returns the generation it left at.
     pub(crate) fn detach(&self, state: Option<SessionState>) -> u64 {
-        *self.parked.lock() = state;
+        *self.parked.lock() = state.map(Box::new);
         *self.owner.lock() = None;
         self.online.store(false, Ordering::Release);
         // Offline sessions hold nobody back.
@@ -441,15 +443,15 @@ impl SessionHandle {
     }
 
     pub(crate) fn set_pending_will(&self, w: crate::broker::Will) {
-        *self.pending_will.lock() = Some(w);
+        *self.pending_will.lock() = Some(Box::new(w));
     }
 
     pub(crate) fn take_pending_will(&self) -> Option<crate::broker::Will> {
-        self.pending_will.lock().take()
+        self.pending_will.lock().take().map(|w| *w)
     }
 
     pub(crate) fn take_parked(&self) -> Option<SessionState> {
-        self.parked.lock().take()
+        self.parked.lock().take().map(|s| *s)
     }
 
     pub(crate) fn parked_subscriptions(&self) -> Vec<String> {

@@ -65,6 +65,7 @@ async fn drive(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, mu
         }
         let want_read = conn.out.len() < OUT_HIGH_WATER && hold.held.len() < HELD_MAX;
         let want_fill = session.is_some() && conn.wants_deliveries();
+        let pending_acks = conn.has_pending_acks();
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
@@ -132,7 +133,9 @@ async fn drive(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, mu
                 conn.fill(Instant::now());
                 conn.submit_ops();
             }
-            r = commits.changed(), if conn.has_pending_acks() => {
+            // These two are boxed, and built only while they matter: inline they would be part of every idle
+            // connection's future (about 400 bytes), and they are needed only while publishing.
+            r = when(pending_acks, || Box::pin(commits.changed())) => {
                 if r.is_err() {
                     // The store failed: what waits for it will never be acknowledged.
                     break Close::error(rc::QUOTA_EXCEEDED, "the store cannot take messages");
@@ -141,7 +144,7 @@ async fn drive(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, mu
                 let seen = *commits.borrow_and_update();
                 conn.release_acks(seen);
             }
-            _ = drained(&hold.waiting_on, &broker.metrics), if !hold.waiting_on.is_empty() => {
+            _ = when(!hold.waiting_on.is_empty(), || Box::pin(drained(hold.waiting_on.clone(), broker.clone()))) => {
                 hold.waiting_on.clear();
                 if let Some(c) = release(&mut conn, &mut hold, &broker, &zone, &mut control_tx).await {
                     break c;
@@ -271,14 +274,24 @@ async fn release(
 
 /// Resolves when every session waited for has drained (or gone offline), or after `HOLD_LIMIT`: the limit
 /// breaks any cycle of connections waiting on each other, at the price of the mqueue's drop policy.
-async fn drained(sessions: &[Arc<SessionHandle>], metrics: &halyard_core::metrics::Metrics) {
+async fn drained(sessions: Vec<Arc<SessionHandle>>, broker: Arc<Broker>) {
     let all = async {
-        for s in sessions {
+        for s in &sessions {
             s.drained().await;
         }
     };
     if tokio::time::timeout(HOLD_LIMIT, all).await.is_err() {
-        Metrics::inc(&metrics.backpressure_timeouts);
+        Metrics::inc(&broker.metrics.backpressure_timeouts);
+    }
+}
+
+/// `make()`'s future when `enabled`, otherwise one that never resolves: a `select!` branch whose future costs
+/// an allocation while enabled and nothing while not.
+async fn when<F: std::future::Future>(enabled: bool, make: impl FnOnce() -> std::pin::Pin<Box<F>>) -> F::Output {
+    if enabled {
+        make().await
+    } else {
+        std::future::pending().await
     }
 }
 
@@ -334,8 +347,9 @@ mod tests {
         let fut = serve(stream, broker.clone(), Arc::new(broker.config.mqtt.clone()), rx);
         let size = std::mem::size_of_val(&fut);
         eprintln!("connection future: {size} bytes; Conn: {} bytes", std::mem::size_of::<Conn>());
-        // Measured 5.5 KB at first, 4 KiB of it the discard buffer of `linger` (now boxed); 2,144 bytes after.
+        // Measured 5.5 KB at first, 4 KiB of it the discard buffer of `linger` (now boxed); 1,704 bytes after that
+        // and boxing the rarely used branches, the will and the parked state.
         // A regression bound, and the largest single item of the per-connection memory in docs/performance.md.
-        assert!(size <= 2300, "connection future grew to {size} bytes");
+        assert!(size <= 1800, "connection future grew to {size} bytes");
     }
 }

@@ -166,7 +166,12 @@ pub(crate) fn open_database(path: &Path, create: bool) -> Result<Database, Store
     // grow with its offline backlog, so the cache is kept small (the OS page cache still holds hot pages).
     builder.set_cache_size(CACHE_BYTES);
     let shown = path.display().to_string();
+    // redb also calls this while it lays out a file it is creating: say nothing about a file that was not there.
+    let existed = path.exists();
     builder.set_repair_callback(move |session| {
+        if !existed {
+            return;
+        }
         tracing::warn!(
             path = %shown,
             progress = session.progress(),

@@ -70,7 +70,7 @@ impl Conn {
             let mut props = w.properties.clone();
             let delay = props.will_delay_interval.take().unwrap_or(0);
             let message_expiry = props.message_expiry_interval.take();
-            self.will = Some(Will {
+            self.will = Some(Box::new(Will {
                 topic: w.topic.clone(),
                 payload: w.payload.clone(),
                 qos: w.qos,
@@ -78,7 +78,7 @@ impl Conn {
                 properties: (!props.is_empty()).then_some(props),
                 message_expiry,
                 delay,
-            });
+            }));
         }
 
         // Session expiry: v5 asks; v3 clean session 0 means "keep it", capped by session_expiry_interval.

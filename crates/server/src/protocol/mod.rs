@@ -87,7 +87,8 @@ pub struct Conn {
     client_id: Option<Arc<str>>,
     session: Option<Arc<SessionHandle>>,
     state: SessionState,
-    will: Option<Will>,
+    /// Boxed: most clients set no will, and an idle connection should not carry the space.
+    will: Option<Box<Will>>,
     limits: ClientLimits,
     /// Session Expiry Interval the client asked for at CONNECT (v5), for the DISCONNECT rule [MQTT-3.14.2-2].
     connect_expiry: u32,
@@ -284,7 +285,7 @@ impl Conn {
             }
         }
         if let Some(handle) = self.session.take() {
-            let will = if close.publish_will { self.will.take() } else { None };
+            let will = if close.publish_will { self.will.take().map(|w| *w) } else { None };
             let state = std::mem::take(&mut self.state);
             self.broker.detach(&handle, state, will, close.detach);
         }
