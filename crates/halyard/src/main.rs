@@ -77,6 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Start { config } => {
             let cfg = config::load(&Source::from_process(config)).context("cannot start")?;
             init_logging(&cfg.log.level);
+            ignore_sigxfsz();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("halyard")
@@ -168,6 +169,16 @@ fn raise_fd_limit(cfg: &config::Config) {
             max_connections = wanted,
             "the open-file limit caps connections at about {usable}, below the listeners' max_connections; raise it with `ulimit -n` / LimitNOFILE"
         );
+    }
+}
+
+/// A write past the file-size limit (RLIMIT_FSIZE, e.g. systemd's LimitFSIZE) raises SIGXFSZ, whose default
+/// action kills the process without a word. Ignored, the write fails with EFBIG instead: the store logs which
+/// file and why, refuses new QoS 1/2 work (0x97 / disconnect) and keeps what it acknowledged, as for a full disk.
+fn ignore_sigxfsz() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler and affects only this process.
+    if unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
+        tracing::warn!("cannot ignore SIGXFSZ: exceeding the file-size limit will kill the broker");
     }
 }
 
