@@ -136,16 +136,11 @@ impl Broker {
         Op::PutSession { client: handle.client_id.clone(), data: persist::encode_session(&rec) }
     }
 
-    /// Stores the session's inbound QoS 2 ids awaiting PUBREL (with the rest of its record) after one was added
-    /// or released, for persistent sessions; returns the ticket the PUBREC/PUBCOMP must wait for (0: nothing
-    /// stored). Without it, a restart would route a resent PUBLISH again (a duplicate) or, worse, take a new
-    /// PUBLISH reusing a released id for a resend and drop it.
-    pub fn persist_awaiting_rel(&self, handle: &SessionHandle, state: &SessionState) -> Result<u64, StoreError> {
-        if !handle.is_persistent() {
-            return Ok(0);
-        }
-        let op = self.session_record(handle, state, None, false);
-        self.submit(vec![op])
+    /// The record op that stores a persistent session's inbound QoS 2 ids awaiting PUBREL (with the rest of
+    /// its record); none for other sessions. Without it, a restart would route a resent PUBLISH again (a
+    /// duplicate) or, worse, take a new PUBLISH reusing a released id for a resend and drop it.
+    pub fn awaiting_rel_op(&self, handle: &SessionHandle, state: &SessionState) -> Option<Op> {
+        handle.is_persistent().then(|| self.session_record(handle, state, None, false))
     }
 
     /// Stores the session's subscriptions after SUBSCRIBE/UNSUBSCRIBE (persistent sessions only).
@@ -162,7 +157,7 @@ impl Broker {
 
     /// Stores a retained message (when retain is available) and routes `msg` to its subscribers.
     pub fn publish(&self, msg: Arc<Message>) -> usize {
-        let p = self.publish_into(msg, &mut Vec::new());
+        let p = self.publish_into(msg, Vec::new(), &mut Vec::new());
         if let Err(e) = &p.ticket {
             tracing::error!(error = %e, "cannot store a message");
         }
@@ -172,7 +167,8 @@ impl Broker {
     /// `publish` for a client's PUBLISH: sessions whose backlog asks the publisher to hold back are appended to
     /// `congested`. The message is stored once for all persistent sessions it is queued for (and as the retained
     /// message of its topic) in one store submission, whose ticket the acknowledgement waits for.
-    pub fn publish_into(&self, msg: Arc<Message>, congested: &mut Vec<Arc<SessionHandle>>) -> Published {
+    /// `with` are ops committed atomically with the message (the publisher's session record for QoS 2).
+    pub fn publish_into(&self, msg: Arc<Message>, with: Vec<Op>, congested: &mut Vec<Arc<SessionHandle>>) -> Published {
         let retained = msg.retain && self.config.mqtt.retain_available;
         if retained {
             self.retainer.store(&msg);
@@ -199,6 +195,7 @@ impl Broker {
                 ops.push(Op::PutRetained { topic, data });
             }
         }
+        ops.extend(with);
         // Stored first, queued second: a subscriber's acknowledgement (its Dequeue) cannot overtake the Enqueue.
         let ticket = self.submit(ops);
         let mut drops = Vec::new();

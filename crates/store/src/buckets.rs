@@ -66,8 +66,14 @@ pub(crate) fn decode(path: &Path, client: &str, bucket: u64, mut data: &[u8]) ->
         ) else {
             return Err(bad("truncated entry header"));
         };
-        let end = ENTRY_HEADER + meta_len as usize;
-        let Some(meta) = data.get(ENTRY_HEADER..end) else { return Err(bad("truncated meta")) };
+        let Some(meta) = usize::try_from(meta_len)
+            .ok()
+            .and_then(|n| n.checked_add(ENTRY_HEADER))
+            .and_then(|end| data.get(ENTRY_HEADER..end))
+        else {
+            return Err(bad("truncated meta"));
+        };
+        let end = ENTRY_HEADER + meta.len();
         if bucket_of(seq) != bucket {
             return Err(bad("entry seq outside the bucket"));
         }

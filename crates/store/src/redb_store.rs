@@ -252,6 +252,7 @@ impl RedbStore {
         init_tables(&db, &path)?;
         let db = Arc::new(db);
         let restored = restore_from(&db, &path)?;
+        raise_next_id_mark(&db, &path, restored.next_message_id)?;
 
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let (watch_tx, watch_rx) = watch::channel(0);
@@ -437,6 +438,28 @@ impl Store for RedbStore {
     fn verify(&self) -> Result<CheckReport, StoreError> {
         self.read("verify", |db| Ok(walk(db, &self.shared.path)?.finish().0))
     }
+}
+
+/// Writes `next` as the next-message-id mark if the file's is lower (a damaged or hand-edited file whose
+/// messages go above its mark). The writer relies on the mark: ids at or above it are taken as never stored.
+fn raise_next_id_mark(db: &Database, path: &Path, next: u64) -> Result<(), StoreError> {
+    let e = |err: redb::Error| from_redb(path, "raise next message id", err);
+    guarded(path, "raise next message id", || {
+        let mut txn = db.begin_write().map_err(|x| e(x.into()))?;
+        txn.set_durability(Durability::Immediate);
+        {
+            let mut meta = txn.open_table(META).map_err(|x| e(x.into()))?;
+            let stored = meta.get(META_NEXT_ID).map_err(|x| e(x.into()))?.map(|g| g.value()).unwrap_or(0);
+            if stored >= next {
+                drop(meta);
+                let _ = txn.abort();
+                return Ok(());
+            }
+            tracing::warn!(path = %path.display(), stored, next, "store: next message id mark was below a stored message; raised");
+            meta.insert(META_NEXT_ID, next).map_err(|x| e(x.into()))?;
+        }
+        txn.commit().map_err(|x| e(x.into()))
+    })
 }
 
 /// Reads what `Restored` carries from committed state.

@@ -215,3 +215,29 @@ fn foreign_layout_version_is_refused() {
     let err = RedbStore::open(dir.path(), Fsync::Batch).err().unwrap();
     assert!(matches!(err, StoreError::UnsupportedFormat { found: 99, .. }), "{err}");
 }
+
+/// The writer takes ids at or above the next-message-id mark as never stored; a file whose mark is below a
+/// stored message (damage, a hand edit) gets its mark raised at open, so acknowledging that message still
+/// releases it.
+#[test]
+fn open_raises_a_next_id_mark_below_a_stored_message() {
+    let dir = tmp();
+    {
+        let (store, _) = RedbStore::open(dir.path(), Fsync::Batch).unwrap();
+        store.submit(vec![put(40, "forty"), enq("a", 1, 40, "")]).unwrap();
+        store.flush().unwrap();
+    }
+    {
+        let db = Database::open(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("next_message_id", 10).unwrap();
+        txn.commit().unwrap();
+    }
+    let (store, restored) = RedbStore::open(dir.path(), Fsync::Batch).unwrap();
+    assert_eq!(restored.next_message_id, 41);
+    store.submit(vec![deq("a", 1)]).unwrap();
+    store.flush().unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!((report.messages, report.queue_entries, report.next_message_id), (0, 0, 41), "{report}");
+}

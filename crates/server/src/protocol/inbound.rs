@@ -41,7 +41,7 @@ impl Conn {
         match p.qos {
             QoS::AtMostOnce => {
                 if refusal.is_none() {
-                    self.route(p, now)?;
+                    self.route(p, now, Vec::new())?;
                 }
             }
             QoS::AtLeastOnce => {
@@ -49,7 +49,7 @@ impl Conn {
                 match refusal {
                     Some((code, why)) => self.send_ack(Packet::PubAck, pid, code, why),
                     None => {
-                        let (code, ticket) = self.route(p, now)?;
+                        let (code, ticket) = self.route(p, now, Vec::new())?;
                         self.ack_when_stored(Packet::PubAck, pid, code, ticket);
                     }
                 }
@@ -75,18 +75,16 @@ impl Conn {
                     tracing::debug!(packet_id = pid, "max_awaiting_rel reached: QoS 2 message dropped");
                     return Ok(());
                 }
-                let (mut code, mut ticket) = self.route(p, now)?;
+                // The id is stored in the same commit as the message: a crash between two commits would
+                // otherwise leave a routed message whose resend is routed again, or an id without its message.
+                self.state.awaiting_rel.insert(pid, now);
+                let with = self.awaiting_rel_ops();
+                let routed = self.route(p, now, with);
                 // A refused message (0x97) is not held: its retry must be routed, not answered as a duplicate.
-                if code < 0x80 {
-                    self.state.awaiting_rel.insert(pid, now);
-                    match self.store_awaiting_rel() {
-                        Ok(t) => ticket = ticket.max(t),
-                        Err(refused) => {
-                            self.state.awaiting_rel.remove(&pid);
-                            code = refused?;
-                        }
-                    }
+                if !matches!(routed, Ok((code, _)) if code < 0x80) {
+                    self.state.awaiting_rel.remove(&pid);
                 }
+                let (code, ticket) = routed?;
                 self.ack_when_stored(Packet::PubRec, pid, code, ticket);
             }
         }
@@ -119,7 +117,8 @@ impl Conn {
     /// Routes the message; returns the v5 reason code for the acknowledgement and the store ticket it must
     /// wait for. A store that refuses new work (disk full) gets QoS 1/2 refused: 0x97 for v5 [MQTT-4.13],
     /// a disconnect for v3, which has no way to say no.
-    fn route(&mut self, p: Publish, now: Instant) -> Result<(u8, u64), Close> {
+    /// `with`: ops to commit atomically with the message.
+    fn route(&mut self, p: Publish, now: Instant, with: Vec<halyard_store::Op>) -> Result<(u8, u64), Close> {
         let qos = p.qos;
         let mut props = p.properties;
         let expires_at = props.message_expiry_interval.take().map(|s| now + Duration::from_secs(u64::from(s)));
@@ -134,7 +133,7 @@ impl Conn {
             publisher: self.client_id.clone(),
             expires_at,
         };
-        let published = self.broker.publish_into(Arc::new(msg), &mut self.congested);
+        let published = self.broker.publish_into(Arc::new(msg), with, &mut self.congested);
         let ticket = match published.ticket {
             Ok(t) => t,
             Err(e) if qos != QoS::AtMostOnce => {
@@ -151,33 +150,34 @@ impl Conn {
     }
 
     pub(super) fn on_pubrel(&mut self, a: PubResp) -> Result<(), Close> {
-        if self.state.awaiting_rel.remove(&a.packet_id).is_none() {
+        let Some(arrived) = self.state.awaiting_rel.remove(&a.packet_id) else {
             // [MQTT-4.3.3-11] answer PUBREL with PUBCOMP even for an unknown id (v5 says so in the reason code).
             self.send_ack(Packet::PubComp, a.packet_id, rc::PACKET_IDENTIFIER_NOT_FOUND, "");
             return Ok(());
-        }
+        };
         // PUBCOMP once the release is stored: the client may reuse the id right after, and a restart that still
         // remembered it would take the new PUBLISH for a resend and drop it.
-        let (code, ticket) = match self.store_awaiting_rel() {
-            Ok(t) => (rc::SUCCESS, t),
-            Err(refused) => (refused?, 0),
+        let ticket = match self.awaiting_rel_ops().into_iter().next() {
+            None => 0,
+            Some(op) => match self.broker.submit(vec![op]) {
+                Ok(t) => t,
+                Err(e) => {
+                    // PUBCOMP has no refusal code, and any PUBCOMP frees the id: keep it and close instead; the
+                    // client resends PUBREL on its next connection [MQTT-4.4.0-1].
+                    tracing::warn!(error = %e, "store refuses new work: PUBREL not recorded");
+                    self.state.awaiting_rel.insert(a.packet_id, arrived);
+                    return Err(Close::error(rc::QUOTA_EXCEEDED, "the store cannot take messages"));
+                }
+            },
         };
-        self.ack_when_stored(Packet::PubComp, a.packet_id, code, ticket);
+        self.ack_when_stored(Packet::PubComp, a.packet_id, rc::SUCCESS, ticket);
         Ok(())
     }
 
-    /// Stores the inbound QoS 2 ids of a persistent session; returns the ticket to wait for. A store that
-    /// refuses work gives `Err(Ok(0x97))` for v5 and `Err(Err(close))` for v3, as for a refused publish.
-    fn store_awaiting_rel(&mut self) -> Result<u64, Result<u8, Close>> {
-        let Some(session) = self.session.clone() else { return Ok(0) };
-        self.broker.persist_awaiting_rel(&session, &self.state).map_err(|e| {
-            tracing::warn!(error = %e, "store refuses new work: inbound QoS 2 state not stored");
-            if self.version.is_v5() {
-                Ok(rc::QUOTA_EXCEEDED)
-            } else {
-                Err(Close::error(rc::QUOTA_EXCEEDED, "the store cannot take messages"))
-            }
-        })
+    /// The op storing this session's inbound QoS 2 ids, if the session is persistent.
+    fn awaiting_rel_ops(&self) -> Vec<halyard_store::Op> {
+        let Some(session) = &self.session else { return Vec::new() };
+        self.broker.awaiting_rel_op(session, &self.state).into_iter().collect()
     }
 
     /// PUBACK / PUBREC / PUBCOMP with a reason code (v5) and, for failures, a reason string.
