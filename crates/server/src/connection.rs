@@ -22,6 +22,10 @@ use tracing::Instrument;
 const READ_CHUNK: usize = 16 * 1024;
 /// Packets a held-back publisher may have read ahead before reading pauses.
 const HELD_MAX: usize = 1024;
+/// Read-buffer bytes a held-back publisher may fill before reading pauses. Held packets are slices of the read
+/// buffers they came in, so this, not their count, bounds the memory they pin (1,024 large packets would be
+/// hundreds of MiB).
+const HELD_READ_MAX: usize = 1024 * 1024;
 /// The longest a publisher is held back at once.
 const HOLD_LIMIT: Duration = Duration::from_secs(2);
 /// How long a closing connection may take to flush its last packets and see the client close.
@@ -63,7 +67,11 @@ async fn drive(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, mu
             deadline = next;
             timer.as_mut().reset(deadline.into());
         }
-        let want_read = conn.out.len() < OUT_HIGH_WATER && hold.held.len() < HELD_MAX;
+        if !hold.active() {
+            hold.read_while_held = 0;
+        }
+        let want_read =
+            conn.out.len() < OUT_HIGH_WATER && hold.held.len() < HELD_MAX && hold.read_while_held < HELD_READ_MAX;
         let want_fill = session.is_some() && conn.wants_deliveries();
         let pending_acks = conn.has_pending_acks();
         tokio::select! {
@@ -98,6 +106,9 @@ async fn drive(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, mu
                 }
                 if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
                     rbuf.reserve(READ_CHUNK);
+                    if hold.active() {
+                        hold.read_while_held += READ_CHUNK;
+                    }
                 }
                 match rd.try_read_buf(&mut rbuf) {
                     Ok(0) => {
@@ -186,6 +197,8 @@ struct Hold {
     waiting_on: Vec<Arc<SessionHandle>>,
     /// Packets read meanwhile that must wait their turn (anything but acknowledgements and pings).
     held: VecDeque<Packet>,
+    /// Read buffers reserved while held back (each read buffer may be pinned by the packets held from it).
+    read_while_held: usize,
 }
 
 impl Hold {
