@@ -145,6 +145,10 @@ pub struct SessionHandle {
     /// this session's backlog wait on it.
     drained: Notify,
     online: AtomicBool,
+    /// Set when a publisher's wait for this session ran out (`mark_stalled`): a subscriber that does not drain in
+    /// that time is stuck rather than slow, so publishers stop waiting for it and its mqueue's drop policy
+    /// applies instead, until it drains to the low-water mark again.
+    stalled: AtomicBool,
     removed: AtomicBool,
     /// Bumped at every change of owner, so a timer set for one offline period cannot act in the next.
     generation: AtomicU64,
@@ -180,6 +184,7 @@ impl SessionHandle {
             notify: Notify::new(),
             drained: Notify::new(),
             online: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             expiry_interval: AtomicU32::new(0),
@@ -228,7 +233,7 @@ impl SessionHandle {
             } else {
                 q.push_ready(d);
             }
-            holds_back && q.len() >= high_water(max)
+            holds_back && q.len() >= high_water(max) && !self.stalled.load(Ordering::Relaxed)
         };
         self.notify.notify_one();
         congested
@@ -249,9 +254,21 @@ impl SessionHandle {
         }
     }
 
-    /// True while the queue is above its low-water mark and the session is online.
+    /// True while the queue is above its low-water mark and the session is online (and not stalled).
     pub fn is_congested(&self) -> bool {
-        self.is_online() && self.queue.lock().len() > low_water(self.max_queue_len.load(Ordering::Relaxed))
+        self.is_online()
+            && !self.stalled.load(Ordering::Relaxed)
+            && self.queue.lock().len() > low_water(self.max_queue_len.load(Ordering::Relaxed))
+    }
+
+    /// A publisher waited the longest it may for this session: if it is still congested, stop holding anyone
+    /// back for it (every waiter is released now) until it drains. Returns whether it was newly marked.
+    pub fn mark_stalled(&self) -> bool {
+        if !self.is_congested() || self.stalled.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.drained.notify_waiters();
+        true
     }
 
     /// Resolves once the session is no longer congested (drained to the low-water mark, or offline).
@@ -286,6 +303,7 @@ impl SessionHandle {
             }
         }
         if !out.is_empty() && q.len() <= low_water(self.max_queue_len.load(Ordering::Relaxed)) {
+            self.stalled.store(false, Ordering::Relaxed);
             self.drained.notify_waiters();
         }
     }
@@ -437,6 +455,7 @@ impl SessionHandle {
         *self.parked.lock() = state.map(Box::new);
         *self.owner.lock() = None;
         self.online.store(false, Ordering::Release);
+        self.stalled.store(false, Ordering::Relaxed);
         // Offline sessions hold nobody back.
         self.drained.notify_waiters();
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
@@ -462,8 +481,13 @@ impl SessionHandle {
 /// Queue length at which an online session holds QoS 1/2 publishers back: small, so that backpressure, not
 /// a deep queue, absorbs a burst (a deep queue is seconds of latency), and below `max_queue_len`, so that an
 /// online session's acknowledged messages are not dropped.
+///
+/// At most 100: measured with 50 publishers into one subscriber (`halyard bench fanin`, broker on one core),
+/// a mark of 500 gave 449k msg/s of 1 KB with p99 74 ms and the broker 13 % idle; 100 gave 532k msg/s, p99
+/// 31 ms, the broker busy. Shorter hold cycles release fewer publishers at once, so the subscriber's
+/// connection waits behind fewer of them to get its acknowledgements read and its window refilled.
 fn high_water(max_queue_len: usize) -> usize {
-    (max_queue_len / 2).clamp(1, 1000)
+    (max_queue_len / 2).clamp(1, 100)
 }
 
 fn low_water(max_queue_len: usize) -> usize {

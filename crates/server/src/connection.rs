@@ -295,6 +295,14 @@ async fn drained(sessions: Vec<Arc<SessionHandle>>, broker: Arc<Broker>) {
     };
     if tokio::time::timeout(HOLD_LIMIT, all).await.is_err() {
         Metrics::inc(&broker.metrics.backpressure_timeouts);
+        for s in &sessions {
+            if s.mark_stalled() {
+                tracing::info!(
+                    subscriber = &*s.client_id,
+                    "subscriber not draining its queue: publishers no longer wait for it until it does (its mqueue drops the oldest when full)"
+                );
+            }
+        }
     }
 }
 

@@ -522,6 +522,36 @@ async fn max_connections_refuses_extra_connections() {
 }
 
 #[tokio::test]
+async fn a_stuck_subscriber_holds_publishers_back_once_then_its_mqueue_policy_applies() {
+    // A subscriber that never acknowledges (Receive Maximum 1, so one message in flight and the rest queued):
+    // the publisher waits once, for the hold limit, and is then acknowledged at full speed while the stuck
+    // session's mqueue drops its oldest messages (counted), as EMQX and Mosquitto do. Without the stall rule
+    // every further message would wait the hold limit again.
+    let b = start(&[("HALYARD_MQTT__MAX_MQUEUE_LEN", "10")]).await;
+    let mut c = connect_packet(V5, "stuck", true);
+    c.properties.receive_maximum = Some(1);
+    let (mut s, _) = Raw::connect_with(b.addr, c).await;
+    s.subscribe("stuck", QoS::AtLeastOnce).await;
+    let (mut publ, _) = Raw::connect(b.addr, V5, "busy", true).await;
+    let mut burst = bytes::BytesMut::new();
+    for i in 0..100u16 {
+        let p = Packet::Publish(publish("stuck", &i.to_be_bytes(), QoS::AtLeastOnce, false, i + 1));
+        halyard_codec::encode(&p, V5, &mut burst).expect("encode");
+    }
+    publ.send_bytes(&burst).await;
+    for _ in 0..100 {
+        match publ.recv().await {
+            Some(Packet::PubAck(a)) => assert_eq!(a.reason_code, 0, "accepted"),
+            other => panic!("publisher expected PUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(Metrics::get(&b.broker.metrics.backpressure_timeouts), 1, "one wait ran out, not one per message");
+    assert!(Metrics::get(&b.broker.metrics.dropped_queue_full) > 0, "the stuck session's mqueue dropped the oldest");
+    // The subscriber got its first message and still holds it unacknowledged.
+    assert_eq!(&s.expect_publish().await.payload[..], &0u16.to_be_bytes());
+}
+
+#[tokio::test]
 async fn backpressure_holds_publishers_instead_of_dropping_acknowledged_messages() {
     // An online subscriber slower than its publisher: with a queue of 10, 200 pipelined QoS 1 messages must all
     // arrive, in order, none dropped; the publisher is held back instead (the Receive Maximum of 1 makes the
