@@ -103,13 +103,13 @@ impl Conn {
             return Err(Close::error(rc::TOPIC_ALIAS_INVALID, "topic alias 0 or above Topic Alias Maximum"));
         }
         if p.topic.is_empty() {
-            match self.aliases_in.get(&alias) {
+            match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                 Some(t) => p.topic = t.clone(),
                 None => return Err(Close::error(rc::PROTOCOL_ERROR, "unknown topic alias")),
             }
         } else {
             // A copy: the topic is a slice of the read buffer, and an alias lives as long as the connection.
-            self.aliases_in.insert(alias, Utf8::from(p.topic.as_str()));
+            self.aliases.get_or_insert_with(Default::default).inbound.insert(alias, Utf8::from(p.topic.as_str()));
         }
         Ok(())
     }

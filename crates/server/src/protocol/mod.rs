@@ -92,10 +92,8 @@ pub struct Conn {
     limits: ClientLimits,
     /// Session Expiry Interval the client asked for at CONNECT (v5), for the DISCONNECT rule [MQTT-3.14.2-2].
     connect_expiry: u32,
-    /// Inbound topic aliases (client → broker).
-    aliases_in: HashMap<u16, Utf8>,
-    /// Outbound topic aliases the broker assigned (broker → client).
-    aliases_out: HashMap<Utf8, u16>,
+    /// Topic aliases, once either side uses one (boxed: most connections never do).
+    aliases: Option<Box<Aliases>>,
     /// Scratch buffer for deliveries taken from the session queue.
     batch: Vec<halyard_core::session::Queued>,
     /// Sessions whose backlog asks this publisher to hold back; while non-empty the driver processes only
@@ -105,6 +103,15 @@ pub struct Conn {
     pending_acks: std::collections::VecDeque<(u64, Packet)>,
     /// Store operations gathered while handling packets and deliveries; the driver submits them in one go.
     ops: Vec<halyard_store::Op>,
+}
+
+/// The topic aliases of one connection [MQTT-3.3.2-7 .. -12].
+#[derive(Default)]
+struct Aliases {
+    /// Client → broker.
+    inbound: HashMap<u16, Utf8>,
+    /// Broker → client, as the broker assigned them.
+    outbound: HashMap<Utf8, u16>,
 }
 
 /// Never more than this many deliveries are pulled from the queue per fill, so one busy session cannot starve
@@ -138,8 +145,7 @@ impl Conn {
                 request_problem_information: true,
             },
             connect_expiry: 0,
-            aliases_in: HashMap::new(),
-            aliases_out: HashMap::new(),
+            aliases: None,
             batch: Vec::new(),
             congested: Vec::new(),
             pending_acks: std::collections::VecDeque::new(),

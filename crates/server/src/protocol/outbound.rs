@@ -129,13 +129,15 @@ impl Conn {
         if self.version != ProtocolVersion::V5 || self.limits.topic_alias_maximum == 0 {
             return;
         }
-        if let Some(&alias) = self.aliases_out.get(&p.topic) {
+        let max = usize::from(self.limits.topic_alias_maximum);
+        let aliases = &mut self.aliases.get_or_insert_with(Default::default).outbound;
+        if let Some(&alias) = aliases.get(&p.topic) {
             p.properties.topic_alias = Some(alias);
             p.topic = Utf8::default();
-        } else if self.aliases_out.len() < usize::from(self.limits.topic_alias_maximum) {
-            let alias = u16::try_from(self.aliases_out.len() + 1).unwrap_or(u16::MAX);
+        } else if aliases.len() < max {
+            let alias = u16::try_from(aliases.len() + 1).unwrap_or(u16::MAX);
             // A copy: the message's topic is a slice of its publisher's read buffer, which it would keep alive.
-            self.aliases_out.insert(Utf8::from(p.topic.as_str()), alias);
+            aliases.insert(Utf8::from(p.topic.as_str()), alias);
             p.properties.topic_alias = Some(alias);
         }
     }
