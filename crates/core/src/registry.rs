@@ -47,6 +47,11 @@ impl Registry {
         self.sessions.lock().len()
     }
 
+    /// Every session, for broker-wide actions (shutdown).
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions.lock().values().cloned().collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -254,6 +254,11 @@ impl SessionHandle {
         }
     }
 
+    /// Wakes the owning connection as a new delivery would (it then sees whatever changed, e.g. a shutdown).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
     /// True while the queue is above its low-water mark and the session is online (and not stalled).
     pub fn is_congested(&self) -> bool {
         self.is_online()

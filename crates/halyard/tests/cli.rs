@@ -38,14 +38,25 @@ impl Broker {
         let mut child = cmd.spawn().expect("spawn halyard");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("halyard started") {
                     let _ = tx.send(());
                 }
+                if let Ok(mut l) = log.lock() {
+                    l.push(line);
+                }
             }
         });
-        rx.recv_timeout(Duration::from_secs(10)).expect("broker logs 'halyard started'");
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            let status = child.try_wait().ok().flatten();
+            panic!(
+                "broker did not log 'halyard started' (exit: {status:?}); its log:\n{}",
+                seen.lock().map(|l| l.join("\n")).unwrap_or_default()
+            );
+        }
         Broker { child, port }
     }
 }

@@ -39,6 +39,11 @@ impl Server {
     /// for them to finish.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        // Idle connections do not watch the shutdown channel (it would cost each one a waiter); their sessions
+        // wake them, and the busy loop they enter sees it.
+        for session in self.broker.registry.all() {
+            session.wake();
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -103,6 +108,8 @@ async fn accept_loop(
         }
         open.fetch_add(1, Ordering::AcqRel);
         broker.metrics.connections_current.fetch_add(1, Ordering::Relaxed);
+        // The connection future is made here and moved in: an async block that made it would also keep the
+        // stream and the handles it was made from in its own state, for the connection's whole life.
         let (broker, zone, open, shutdown) = (broker.clone(), zone.clone(), open.clone(), shutdown.clone());
         tokio::spawn(async move {
             serve(stream, broker.clone(), zone, shutdown).await;

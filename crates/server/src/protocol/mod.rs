@@ -191,6 +191,14 @@ impl Conn {
         usize::try_from(self.zone.max_packet_size.0).unwrap_or(usize::MAX)
     }
 
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    pub fn zone(&self) -> &Arc<MqttConfig> {
+        &self.zone
+    }
+
     pub fn session(&self) -> Option<&Arc<SessionHandle>> {
         self.session.as_ref()
     }
