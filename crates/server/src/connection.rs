@@ -163,12 +163,18 @@ impl Link {
         }
         let quiet_timer = tokio::time::sleep(IDLE_AFTER);
         tokio::pin!(quiet_timer);
-        // Whether anything happened since `quiet_timer` was armed; it is re-armed rather than reset at every
-        // event, so an active connection pays for it once per `IDLE_AFTER`.
-        let mut active = false;
+        // When the loop last handled something. The quiet timer is re-armed from it when it fires rather than
+        // reset at every event, so an active connection pays for it once per `IDLE_AFTER`.
+        let mut last_active = Instant::now();
+        // Set by the quiet timer's branch, the one event that is not activity.
+        let mut rested = false;
         loop {
             let session = conn.session().cloned();
-            let next = conn.next_deadline(Instant::now());
+            let now = Instant::now();
+            if !std::mem::take(&mut rested) {
+                last_active = now;
+            }
+            let next = conn.next_deadline(now);
             if next < *deadline {
                 *deadline = next;
                 timer.as_mut().reset((*deadline).into());
@@ -274,15 +280,13 @@ impl Link {
                     timer.as_mut().reset((*deadline).into());
                 }
                 _ = quiet_timer.as_mut(), if may_rest => {
-                    if !active && rbuf.is_empty() {
+                    if last_active + IDLE_AFTER <= Instant::now() && rbuf.is_empty() {
                         return Ok(());
                     }
-                    quiet_timer.as_mut().reset((Instant::now() + IDLE_AFTER).into());
-                    active = false;
-                    continue;
+                    quiet_timer.as_mut().reset((last_active + IDLE_AFTER).into());
+                    rested = true;
                 }
             }
-            active = true;
         }
     }
 

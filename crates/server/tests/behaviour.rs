@@ -586,3 +586,21 @@ async fn backpressure_holds_publishers_instead_of_dropping_acknowledged_messages
     assert_eq!(Metrics::get(&b.broker.metrics.dropped_queue_full), 0);
     assert!(Metrics::get(&b.broker.metrics.backpressure_waits) > 0, "the publisher was held back");
 }
+
+#[tokio::test]
+async fn shutdown_disconnects_busy_and_parked_clients_with_0x8b() {
+    // [MQTT-3.14.2-1] the server may send DISCONNECT before closing; v5 reason 0x8B "Server shutting down".
+    // One client has just connected (its connection is busy); the other has been quiet for longer than a
+    // connection stays busy (1 s), so its connection is parked and learns of the shutdown through its session.
+    let b = start(&[]).await;
+    let (mut parked, _) = Raw::connect(b.addr, V5, "parked", true).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut busy, _) = Raw::connect(b.addr, V5, "busy", true).await;
+    b.server.shutdown().await;
+    for (name, c) in [("busy", &mut busy), ("parked", &mut parked)] {
+        match c.recv().await {
+            Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, 0x8B, "{name}"),
+            other => panic!("{name}: expected DISCONNECT 0x8B, got {other:?}"),
+        }
+    }
+}
