@@ -269,8 +269,14 @@ impl SessionHandle {
     /// A publisher waited the longest it may for this session: if it is still congested, stop holding anyone
     /// back for it (every waiter is released now) until it drains. Returns whether it was newly marked.
     pub fn mark_stalled(&self) -> bool {
-        if !self.is_congested() || self.stalled.swap(true, Ordering::AcqRel) {
-            return false;
+        {
+            // Under the queue lock, as `take` clears the flag: a drain between the check and the set would
+            // otherwise leave a drained session marked stalled.
+            let q = self.queue.lock();
+            let congested = self.is_online() && q.len() > low_water(self.max_queue_len.load(Ordering::Relaxed));
+            if !congested || self.stalled.swap(true, Ordering::AcqRel) {
+                return false;
+            }
         }
         self.drained.notify_waiters();
         true
@@ -350,6 +356,9 @@ impl SessionHandle {
                 Slot::StoredRun { len, .. } => on_disk += len as usize,
             }
         }
+        drop(q);
+        // Publishers held back by this session's backlog have nothing left to wait for.
+        self.drained.notify_waiters();
         (ready, shared, on_disk)
     }
 
@@ -448,6 +457,8 @@ impl SessionHandle {
     pub(crate) fn attach(&self, control: oneshot::Sender<Control>) {
         *self.owner.lock() = Some(control);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        // A new owner starts with publishers held back for it again, whatever its previous owner did.
+        self.stalled.store(false, Ordering::Relaxed);
         self.online.store(true, Ordering::Release);
     }
 

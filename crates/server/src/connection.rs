@@ -92,7 +92,7 @@ struct Link {
     control_tx: Option<oneshot::Sender<Control>>,
     deadline: Instant,
     /// Watched while busy only; an idle connection is woken through its session at shutdown
-    /// (`Broker::wake_all_sessions`), or by its own timer.
+    /// (`Server::shutdown` wakes every session), or by its own timer.
     shutdown: watch::Receiver<bool>,
 }
 
@@ -182,11 +182,20 @@ impl Link {
             if !hold.active() {
                 hold.read_while_held = 0;
             }
+            // The hold limit counts from when the wait began, not from this pass (every event starts a pass).
+            if hold.waiting_on.is_empty() {
+                hold.until = None;
+            } else if hold.until.is_none() {
+                hold.until = Some(now + HOLD_LIMIT);
+            }
             let want_read =
                 conn.out.len() < OUT_HIGH_WATER && hold.held.len() < HELD_MAX && hold.read_while_held < HELD_READ_MAX;
             let want_fill = session.is_some() && conn.wants_deliveries();
             let pending_acks = conn.has_pending_acks();
-            let may_rest = conn.out.is_empty() && !hold.active() && !pending_acks;
+            // Not before CONNECT (a parked connection without a session is not woken at shutdown; the connect
+            // timeout bounds those anyway), and not with part of a packet read.
+            let may_rest =
+                conn.is_connected() && conn.out.is_empty() && !hold.active() && !pending_acks && rbuf.is_empty();
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Err(shutting_down()),
@@ -260,8 +269,9 @@ impl Link {
                     let seen = *commits.borrow_and_update();
                     conn.release_acks(seen);
                 }
-                _ = when(!hold.waiting_on.is_empty(), || Box::pin(drained(hold.waiting_on.clone(), broker.clone()))) => {
+                _ = when(!hold.waiting_on.is_empty(), || Box::pin(drained(hold.waiting_on.clone(), broker.clone(), hold.until))) => {
                     hold.waiting_on.clear();
+                    hold.until = None;
                     if let Some(c) = release(conn, hold, broker, zone, control_tx).await {
                         return Err(c);
                     }
@@ -280,7 +290,8 @@ impl Link {
                     timer.as_mut().reset((*deadline).into());
                 }
                 _ = quiet_timer.as_mut(), if may_rest => {
-                    if last_active + IDLE_AFTER <= Instant::now() && rbuf.is_empty() {
+                    if last_active + IDLE_AFTER <= Instant::now() {
+                        conn.release_all_buffers();
                         return Ok(());
                     }
                     quiet_timer.as_mut().reset((last_active + IDLE_AFTER).into());
@@ -340,6 +351,8 @@ struct Hold {
     held: VecDeque<Packet>,
     /// Read buffers reserved while held back (each read buffer may be pinned by the packets held from it).
     read_while_held: usize,
+    /// When the current wait gives up (`HOLD_LIMIT` after it began).
+    until: Option<Instant>,
 }
 
 impl Hold {
@@ -426,15 +439,17 @@ async fn release(
     None
 }
 
-/// Resolves when every session waited for has drained (or gone offline), or after `HOLD_LIMIT`: the limit
-/// breaks any cycle of connections waiting on each other, at the price of the mqueue's drop policy.
-async fn drained(sessions: Vec<Arc<SessionHandle>>, broker: Arc<Broker>) {
+/// Resolves when every session waited for has drained (or gone offline), or at `until` (`HOLD_LIMIT` after the
+/// wait began): the limit breaks any cycle of connections waiting on each other, at the price of the mqueue's
+/// drop policy (the session is marked stalled).
+async fn drained(sessions: Vec<Arc<SessionHandle>>, broker: Arc<Broker>, until: Option<Instant>) {
     let all = async {
         for s in &sessions {
             s.drained().await;
         }
     };
-    if tokio::time::timeout(HOLD_LIMIT, all).await.is_err() {
+    let until = until.unwrap_or_else(|| Instant::now() + HOLD_LIMIT);
+    if tokio::time::timeout_at(until.into(), all).await.is_err() {
         Metrics::inc(&broker.metrics.backpressure_timeouts);
         for s in &sessions {
             if s.mark_stalled() {

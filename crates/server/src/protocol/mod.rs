@@ -163,6 +163,16 @@ impl Conn {
         }
     }
 
+    /// Gives back every buffer a parked connection does not need (the output buffer, however large it grew,
+    /// and the delivery scratch list). `BytesMut::capacity` counts only what is left after the write position, so
+    /// the size test of `release_idle_buffers` can miss a buffer that was large once.
+    pub fn release_all_buffers(&mut self) {
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
+        }
+        self.batch = Vec::new();
+    }
+
     /// Drops buffers that grew under load once they are empty, so an idle connection costs little memory.
     pub fn release_idle_buffers(&mut self) {
         if self.out.is_empty() && self.out.capacity() > IDLE_BUFFER {
