@@ -2,6 +2,7 @@
 //! machine, drains the session queue when told to, writes what the state machine produced (many packets per
 //! write), and handles the takeover handshake and shutdown. No protocol rule lives here.
 
+use crate::listener::OpenSlot;
 use crate::protocol::{Close, Conn, Step, OUT_HIGH_WATER};
 use bytes::BytesMut;
 use halyard_codec::reason::rc;
@@ -41,10 +42,11 @@ pub(crate) fn serve(
     broker: Arc<Broker>,
     zone: Arc<MqttConfig>,
     shutdown: watch::Receiver<bool>,
+    slot: OpenSlot,
 ) -> impl std::future::Future<Output = ()> {
     // Built outside the async fn: locals moved into the link would otherwise keep their own slots in the
     // connection's future for its whole life.
-    run(Link::new(stream, broker, zone, shutdown))
+    run(Link::new(stream, broker, zone, shutdown, slot))
 }
 
 /// An `async move` block over the link rather than an `async fn` taking it: an async fn's argument is copied
@@ -94,10 +96,18 @@ struct Link {
     /// Watched while busy only; an idle connection is woken through its session at shutdown
     /// (`Server::shutdown` wakes every session), or by its own timer.
     shutdown: watch::Receiver<bool>,
+    /// Counts this connection among the listener's open ones until the link is dropped.
+    _slot: OpenSlot,
 }
 
 impl Link {
-    fn new(stream: TcpStream, broker: Arc<Broker>, zone: Arc<MqttConfig>, shutdown: watch::Receiver<bool>) -> Link {
+    fn new(
+        stream: TcpStream,
+        broker: Arc<Broker>,
+        zone: Arc<MqttConfig>,
+        shutdown: watch::Receiver<bool>,
+        slot: OpenSlot,
+    ) -> Link {
         tracing::debug!(peer = ?stream.peer_addr().ok(), "connection accepted");
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
@@ -113,6 +123,7 @@ impl Link {
             control_open: true,
             control_tx: Some(control_tx),
             shutdown,
+            _slot: slot,
         }
     }
 
@@ -140,7 +151,7 @@ impl Link {
 
     /// Serves the connection until it has been quiet for `IDLE_AFTER` (`Ok`) or must close (`Err`).
     async fn busy(&mut self, wake: Wake, mut timer: std::pin::Pin<&mut tokio::time::Sleep>) -> Result<(), Close> {
-        let Link { conn, rd, wr, control_rx, control_open, control_tx, deadline, shutdown } = self;
+        let Link { conn, rd, wr, control_rx, control_open, control_tx, deadline, shutdown, .. } = self;
         let (broker, zone) = (conn.broker().clone(), conn.zone().clone());
         let (broker, zone) = (&broker, &*zone);
         let mut rbuf = BytesMut::new();
@@ -521,7 +532,8 @@ mod tests {
         let _client = client.expect("connect");
         let (stream, _) = server.expect("accept");
         let (_tx, rx) = watch::channel(false);
-        let fut = serve(stream, broker.clone(), Arc::new(broker.config.mqtt.clone()), rx);
+        let slot = OpenSlot::take(&Arc::new(std::sync::atomic::AtomicUsize::new(0)), &broker);
+        let fut = serve(stream, broker.clone(), Arc::new(broker.config.mqtt.clone()), rx, slot);
         let size = std::mem::size_of_val(&fut);
         eprintln!("connection future: {size} bytes; Conn: {} bytes", std::mem::size_of::<Conn>());
         // Measured 5.5 KB at first, 4 KiB of it the discard buffer of `linger` (now boxed); 1,704 bytes after that

@@ -106,15 +106,31 @@ async fn accept_loop(
             drop(stream);
             continue;
         }
+        let slot = OpenSlot::take(&open, &broker);
+        // Spawned as is: a wrapping async block would keep what it was made from in its own state for the
+        // connection's whole life (about 70 bytes each), and the slot is given back by the link's drop anyway.
+        tokio::spawn(serve(stream, broker.clone(), zone.clone(), shutdown.clone(), slot));
+    }
+}
+
+/// A counted place among a listener's open connections; given back when the connection's task ends, however it
+/// ends (a panic included).
+pub(crate) struct OpenSlot {
+    open: Arc<AtomicUsize>,
+    broker: Arc<Broker>,
+}
+
+impl OpenSlot {
+    pub(crate) fn take(open: &Arc<AtomicUsize>, broker: &Arc<Broker>) -> OpenSlot {
         open.fetch_add(1, Ordering::AcqRel);
         broker.metrics.connections_current.fetch_add(1, Ordering::Relaxed);
-        // The connection future is made here and moved in: an async block that made it would also keep the
-        // stream and the handles it was made from in its own state, for the connection's whole life.
-        let (broker, zone, open, shutdown) = (broker.clone(), zone.clone(), open.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            serve(stream, broker.clone(), zone, shutdown).await;
-            open.fetch_sub(1, Ordering::AcqRel);
-            broker.metrics.connections_current.fetch_sub(1, Ordering::Relaxed);
-        });
+        OpenSlot { open: open.clone(), broker: broker.clone() }
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.broker.metrics.connections_current.fetch_sub(1, Ordering::Relaxed);
     }
 }
