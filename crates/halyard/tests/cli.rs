@@ -1,6 +1,9 @@
 //! The binary as a user runs it: start-up with the embedded defaults plus environment overrides, the example
 //! config, clear errors for bad configuration, interop with `mosquitto_pub`/`mosquitto_sub`, clean shutdown.
 
+mod common;
+
+use common::{start_command, Broker, BIN};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
@@ -8,63 +11,21 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_halyard");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-/// A broker process, killed on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-}
-
 impl Broker {
     /// Starts `halyard start` on a free loopback port and waits for its "halyard started" log line.
     fn start(extra_env: &[(&str, &str)]) -> Broker {
-        let port = free_port();
+        let port = common::free_port();
         let dir = std::env::temp_dir().join(format!("halyard-cli-{port}"));
-        let mut cmd = Command::new(BIN);
-        cmd.arg("start")
-            .env("HALYARD_LISTENERS__TCP__DEFAULT__BIND", format!("127.0.0.1:{port}"))
-            .env("HALYARD_NODE__DATA_DIR", &dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut cmd = start_command(port, &dir, "info");
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn halyard");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("halyard started") {
-                    let _ = tx.send(());
-                }
-                if let Ok(mut l) = log.lock() {
-                    l.push(line);
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            let status = child.try_wait().ok().flatten();
-            panic!(
-                "broker did not log 'halyard started' (exit: {status:?}); its log:\n{}",
-                seen.lock().map(|l| l.join("\n")).unwrap_or_default()
-            );
+        let mut b = Broker::spawn(cmd, port, false);
+        if !b.started(Duration::from_secs(10)) {
+            let status = b.child.try_wait().ok().flatten();
+            panic!("broker did not log 'halyard started' (exit: {status:?}); its log:\n{}", b.log.text());
         }
-        Broker { child, port }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        b
     }
 }
 
@@ -189,9 +150,7 @@ fn mosquitto_retained_and_persistent_session() {
 #[test]
 fn sigterm_shuts_down_cleanly() {
     let mut b = Broker::start(&[]);
-    let pid = b.child.id().to_string();
-    let st = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-    assert!(st.success());
+    assert!(b.sigterm().success());
     let (tx, rx) = mpsc::channel();
     let mut child = std::mem::replace(&mut b.child, Command::new("true").spawn().expect("placeholder"));
     std::thread::spawn(move || {

@@ -1,60 +1,33 @@
 //! Durability across `kill -9`: the broker process is killed mid-stream and restarted on the same data
 //! directory; every message whose acknowledgement a publisher saw must reach its persistent subscriber.
 
-use bytes::BytesMut;
-use halyard_codec::{Connect, Packet, ProtocolVersion, PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Utf8};
+mod common;
+
+use common::{connect_packet, start_command, Broker, Client, BIN};
+use halyard_codec::{Packet, ProtocolVersion, PubResp, Publish, QoS, Utf8};
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_halyard");
 const KILLS: usize = 20;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-struct Broker {
-    child: Child,
-    port: u16,
-}
-
 impl Broker {
+    /// Starts on a free port; CRASH_TEST_LOG sets RUST_LOG and echoes the broker's log.
     fn start(data: &Path) -> Broker {
-        let port = free_port();
-        let mut child = Command::new(BIN)
-            .arg("start")
-            .env("HALYARD_LISTENERS__TCP__DEFAULT__BIND", format!("127.0.0.1:{port}"))
-            .env("HALYARD_NODE__DATA_DIR", data)
-            .env("RUST_LOG", std::env::var("CRASH_TEST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn halyard");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("halyard started") {
-                    let _ = tx.send(());
-                }
-                if std::env::var_os("CRASH_TEST_LOG").is_some() {
-                    eprintln!("broker: {line}");
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(20)).expect("broker starts");
-        Broker { child, port }
+        let port = common::free_port();
+        let log = std::env::var("CRASH_TEST_LOG");
+        let cmd = start_command(port, data, log.as_deref().unwrap_or("info"));
+        let b = Broker::spawn(cmd, port, log.is_ok());
+        assert!(b.started(Duration::from_secs(20)), "broker starts");
+        b
     }
 
     /// SIGTERM and wait: a clean shutdown (the store is flushed).
     fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.sigterm();
         let _ = self.child.wait();
     }
 
@@ -64,19 +37,7 @@ impl Broker {
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A blocking MQTT 3.1.1 client on our codec: enough for this test, and independent of the broker's internals.
-struct Client {
-    s: TcpStream,
-    buf: BytesMut,
-}
-
+/// This test's client speaks MQTT 3.1.1; a connection that fails or is refused is `None`.
 impl Client {
     fn connect(port: u16, id: &str, clean: bool) -> Option<(Client, bool)> {
         Client::connect_with_will(port, id, clean, None)
@@ -88,67 +49,16 @@ impl Client {
         clean: bool,
         will: Option<halyard_codec::LastWill>,
     ) -> Option<(Client, bool)> {
-        let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        let mut c = Client { s, buf: BytesMut::new() };
-        c.send(&Packet::Connect(Box::new(Connect {
-            protocol: ProtocolVersion::V4,
-            clean_start: clean,
-            keep_alive: 60,
-            client_id: Utf8::from(id),
-            will,
-            username: None,
-            password: None,
-            properties: Default::default(),
-        })))
-        .ok()?;
-        match c.recv()? {
-            Packet::ConnAck(a) if a.reason_code == 0 => Some((c, a.session_present)),
+        let connect = halyard_codec::Connect { will, ..connect_packet(ProtocolVersion::V4, id, clean) };
+        match Client::open(port, connect, Duration::from_secs(10)).ok()? {
+            (c, Some(Packet::ConnAck(a))) if a.reason_code == 0 => Some((c, a.session_present)),
             _ => None,
         }
     }
 
-    fn send(&mut self, p: &Packet) -> std::io::Result<()> {
-        let mut b = BytesMut::new();
-        let _ = halyard_codec::encode(p, ProtocolVersion::V4, &mut b);
-        self.s.write_all(&b)
-    }
-
-    fn recv(&mut self) -> Option<Packet> {
-        loop {
-            if let Ok(Some(p)) = halyard_codec::decode(&mut self.buf, ProtocolVersion::V4, usize::MAX) {
-                return Some(p);
-            }
-            let mut chunk = [0u8; 8192];
-            match self.s.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    fn subscribe(&mut self, filter: &str, qos: QoS) {
-        let s = Subscribe {
-            packet_id: 1,
-            properties: Default::default(),
-            filters: vec![(Utf8::from(filter), SubscriptionOptions { qos, ..Default::default() })],
-        };
-        self.send(&Packet::Subscribe(s)).expect("send SUBSCRIBE");
-        assert!(matches!(self.recv(), Some(Packet::SubAck(_))), "SUBACK");
-    }
-
     /// Publishes and waits for the acknowledgement (PUBACK, or PUBREC then PUBCOMP). True when acknowledged.
     fn publish_acked(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool, pid: u16) -> bool {
-        let p = Publish {
-            dup: false,
-            qos,
-            retain,
-            topic: Utf8::from(topic),
-            packet_id: Some(pid),
-            properties: Default::default(),
-            payload: bytes::Bytes::copy_from_slice(payload),
-        };
-        if self.send(&Packet::Publish(p)).is_err() {
+        if self.publish(topic, bytes::Bytes::copy_from_slice(payload), qos, retain, pid).is_err() {
             return false;
         }
         match (qos, self.recv()) {

@@ -19,20 +19,16 @@
 //! that path as root): writes past the limit then fail with EFBIG, which `halyard start` turns into an I/O error
 //! by ignoring SIGXFSZ. Set FULL_DISK_TEST_LOG=1 to echo the broker's log.
 
-use bytes::BytesMut;
-use halyard_codec::{
-    Connect, Packet, Properties, ProtocolVersion, PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Utf8,
-};
+mod common;
+
+use common::{connect_packet, start_command, Broker, Client, BIN};
+use halyard_codec::{Packet, Properties, ProtocolVersion, PubResp, QoS};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_halyard");
 /// The size of the small filesystem (or the file-size limit).
 const SMALL: u64 = 4 * 1024 * 1024;
 /// Payload per message: a few KiB, so the disk fills after a few hundred messages.
@@ -40,10 +36,6 @@ const PAYLOAD: usize = 8 * 1024;
 /// MQTT 5 reason code 0x97 Quota exceeded.
 const QUOTA_EXCEEDED: u8 = 0x97;
 const WAIT: Duration = Duration::from_secs(10);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
 
 /// How the disk is made small.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -110,46 +102,14 @@ impl Drop for Disk {
     }
 }
 
-/// The broker's log lines, and a way to wait for one.
-#[derive(Default)]
-struct Log {
-    lines: Mutex<Vec<String>>,
-    cv: Condvar,
-}
-
-impl Log {
-    /// Waits (bounded) for a line that satisfies `f`; returns it.
-    fn wait_for(&self, f: impl Fn(&str) -> bool) -> Option<String> {
-        let lines = self.lines.lock().expect("log lock");
-        let (lines, _) = self.cv.wait_timeout_while(lines, WAIT, |l| !l.iter().any(|x| f(x))).expect("log lock");
-        lines.iter().find(|x| f(x)).cloned()
-    }
-
-    fn text(&self) -> String {
-        self.lines.lock().expect("log lock").join("\n")
-    }
-}
-
-/// A broker process, killed on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-    log: Arc<Log>,
-}
-
 impl Broker {
+    /// Starts on a free port, the disk made small by `limit`; FULL_DISK_TEST_LOG echoes the broker's log.
     fn start(data: &Path, limit: Limit) -> Broker {
-        let port = free_port();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("start")
-            .env("HALYARD_LISTENERS__TCP__DEFAULT__BIND", format!("127.0.0.1:{port}"))
-            .env("HALYARD_NODE__DATA_DIR", data)
-            // Far above what fits on the disk: no message may leave the offline queue by the
-            // "drop the oldest when full" rule, so every acknowledged one must come back.
-            .env("HALYARD_MQTT__MAX_MQUEUE_LEN", "100000")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let port = common::free_port();
+        let mut cmd = start_command(port, data, "info");
+        // Far above what fits on the disk: no message may leave the offline queue by the
+        // "drop the oldest when full" rule, so every acknowledged one must come back.
+        cmd.env("HALYARD_MQTT__MAX_MQUEUE_LEN", "100000");
         if limit == Limit::Rlimit {
             // SAFETY: between fork and exec only setrlimit, which is async-signal-safe, runs.
             unsafe {
@@ -162,22 +122,8 @@ impl Broker {
                 });
             }
         }
-        let mut child = cmd.spawn().expect("spawn halyard");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Log::default());
-        let l = log.clone();
-        let echo = std::env::var_os("FULL_DISK_TEST_LOG").is_some();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if echo {
-                    eprintln!("broker: {line}");
-                }
-                l.lines.lock().expect("log lock").push(line);
-                l.cv.notify_all();
-            }
-        });
-        let b = Broker { child, port, log };
-        assert!(b.log.wait_for(|l| l.contains("halyard started")).is_some(), "broker starts: {}", b.log.text());
+        let b = Broker::spawn(cmd, port, std::env::var_os("FULL_DISK_TEST_LOG").is_some());
+        assert!(b.started(WAIT), "broker starts: {}", b.log.text());
         b
     }
 
@@ -187,7 +133,7 @@ impl Broker {
 
     /// SIGTERM, then wait (bounded) for the exit.
     fn stop(mut self) -> ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.sigterm();
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
@@ -199,90 +145,19 @@ impl Broker {
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A blocking MQTT client on our codec, v3.1.1 or v5.
-struct Client {
-    s: TcpStream,
-    buf: BytesMut,
-    version: ProtocolVersion,
-}
-
+/// This test's client speaks v3.1.1 or v5; a failed or refused connection fails the test.
 impl Client {
     /// Connects; `expiry` is the v5 Session Expiry Interval (v3.1.1: clean session = !persistent).
     fn connect(port: u16, version: ProtocolVersion, id: &str, clean: bool, expiry: u32) -> (Client, bool) {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(WAIT)).expect("read timeout");
-        let mut c = Client { s, buf: BytesMut::new(), version };
         let properties = Properties {
             session_expiry_interval: (version == ProtocolVersion::V5 && expiry > 0).then_some(expiry),
             ..Default::default()
         };
-        c.send(&Packet::Connect(Box::new(Connect {
-            protocol: version,
-            clean_start: clean,
-            keep_alive: 60,
-            client_id: Utf8::from(id),
-            will: None,
-            username: None,
-            password: None,
-            properties: Box::new(properties),
-        })))
-        .expect("send CONNECT");
-        match c.recv() {
-            Some(Packet::ConnAck(a)) if a.reason_code == 0 => (c, a.session_present),
-            other => panic!("{id}: CONNACK expected, got {other:?}"),
+        let connect = halyard_codec::Connect { properties: Box::new(properties), ..connect_packet(version, id, clean) };
+        match Client::open(port, connect, WAIT).expect("connect") {
+            (c, Some(Packet::ConnAck(a))) if a.reason_code == 0 => (c, a.session_present),
+            (_, other) => panic!("{id}: CONNACK expected, got {other:?}"),
         }
-    }
-
-    fn send(&mut self, p: &Packet) -> std::io::Result<()> {
-        let mut b = BytesMut::new();
-        halyard_codec::encode(p, self.version, &mut b).expect("encode");
-        self.s.write_all(&b)
-    }
-
-    /// The next packet; `None` when the connection closed (or the read timed out).
-    fn recv(&mut self) -> Option<Packet> {
-        loop {
-            if let Some(p) = halyard_codec::decode(&mut self.buf, self.version, usize::MAX).expect("decode") {
-                return Some(p);
-            }
-            let mut chunk = [0u8; 16384];
-            match self.s.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    fn subscribe(&mut self, filter: &str, qos: QoS) {
-        let s = Subscribe {
-            packet_id: 1,
-            properties: Default::default(),
-            filters: vec![(Utf8::from(filter), SubscriptionOptions { qos, ..Default::default() })],
-        };
-        self.send(&Packet::Subscribe(s)).expect("send SUBSCRIBE");
-        match self.recv() {
-            Some(Packet::SubAck(a)) => assert_eq!(a.reason_codes, [qos as u8], "SUBACK grants {qos:?}"),
-            other => panic!("SUBACK expected, got {other:?}"),
-        }
-    }
-
-    fn publish(&mut self, topic: &str, payload: Vec<u8>, qos: QoS, pid: u16) -> std::io::Result<()> {
-        self.send(&Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain: false,
-            topic: Utf8::from(topic),
-            packet_id: (qos != QoS::AtMostOnce).then_some(pid),
-            properties: Default::default(),
-            payload: payload.into(),
-        }))
     }
 }
 
@@ -303,7 +178,7 @@ enum Outcome {
 }
 
 fn publish_qos1(c: &mut Client, seq: u32, pid: u16) -> Outcome {
-    if c.publish("fd/q", payload(seq), QoS::AtLeastOnce, pid).is_err() {
+    if c.publish("fd/q", payload(seq), QoS::AtLeastOnce, false, pid).is_err() {
         return Outcome::Disconnected(None);
     }
     match c.recv() {
@@ -373,7 +248,7 @@ fn a_full_disk_refuses_qos1_and_2_with_0x97_or_disconnect_and_loses_no_acknowled
     drop(p);
     let (mut p, _) = Client::connect(b.port, v5, "fd-pub2", true, 0);
     assert!(matches!(publish_qos1(&mut p, 0, 1), Outcome::Refused(QUOTA_EXCEEDED)), "QoS 1 still gets 0x97");
-    p.publish("fd/q", payload(0), QoS::ExactlyOnce, 2).expect("send QoS 2 PUBLISH");
+    p.publish("fd/q", payload(0), QoS::ExactlyOnce, false, 2).expect("send QoS 2 PUBLISH");
     match p.recv() {
         Some(Packet::PubRec(a)) => assert_eq!((a.packet_id, a.reason_code), (2, QUOTA_EXCEEDED), "QoS 2: PUBREC 0x97"),
         other => panic!("PUBREC 0x97 expected, got {other:?}"),
@@ -381,7 +256,7 @@ fn a_full_disk_refuses_qos1_and_2_with_0x97_or_disconnect_and_loses_no_acknowled
 
     // MQTT 3.1.1 cannot refuse a PUBLISH: the connection is closed, no PUBACK.
     let (mut p3, _) = Client::connect(b.port, ProtocolVersion::V4, "fd-pub-v3", true, 0);
-    p3.publish("fd/q", payload(0), QoS::AtLeastOnce, 1).expect("send v3 PUBLISH");
+    p3.publish("fd/q", payload(0), QoS::AtLeastOnce, false, 1).expect("send v3 PUBLISH");
     let got = p3.recv();
     assert!(got.is_none(), "v3.1.1 QoS 1 publisher is disconnected, not acknowledged: got {got:?}");
 
@@ -389,7 +264,7 @@ fn a_full_disk_refuses_qos1_and_2_with_0x97_or_disconnect_and_loses_no_acknowled
     // whose queue cannot be written).
     let (mut live, _) = Client::connect(b.port, v5, "fd-live", true, 0);
     live.subscribe("fd/live", QoS::AtMostOnce);
-    p.publish("fd/live", b"qos0 still flows".to_vec(), QoS::AtMostOnce, 0).expect("send QoS 0 PUBLISH");
+    p.publish("fd/live", b"qos0 still flows".to_vec(), QoS::AtMostOnce, false, 0).expect("send QoS 0 PUBLISH");
     match live.recv() {
         Some(Packet::Publish(m)) => assert_eq!(&m.payload[..], b"qos0 still flows"),
         other => panic!("the QoS 0 message expected, got {other:?}"),
@@ -398,7 +273,7 @@ fn a_full_disk_refuses_qos1_and_2_with_0x97_or_disconnect_and_loses_no_acknowled
 
     // The log says which file and what went wrong.
     let store = store_file.display().to_string();
-    let line = b.log.wait_for(|l| l.contains("commit failed") && l.contains(&store));
+    let line = b.log.wait_for(WAIT, |l| l.contains("commit failed") && l.contains(&store));
     let line = line.unwrap_or_else(|| panic!("an error naming {store}: {}", b.log.text()));
     let cause = match disk.limit {
         Limit::Tmpfs => "No space left on device",
