@@ -78,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = config::load(&Source::from_process(config)).context("cannot start")?;
             init_logging(&cfg.log.level);
             ignore_sigxfsz();
+            limit_malloc_arenas();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("halyard")
@@ -181,6 +182,24 @@ fn ignore_sigxfsz() {
         tracing::warn!("cannot ignore SIGXFSZ: exceeding the file-size limit will kill the broker");
     }
 }
+
+/// glibc gives each thread that allocates its own arena (up to eight per core), so per-connection objects made
+/// on different runtime threads spread over several heaps and fragment them. Two arenas: 1.91 KiB per idle
+/// connection instead of 2.06 (10,000 connections), with no throughput difference measurable here
+/// (docs/performance.md). A `MALLOC_ARENA_MAX` set by the operator wins. Called before the runtime starts
+/// its threads.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only tunes the allocator, and no other thread is allocating yet.
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } == 0 {
+            tracing::debug!("mallopt(M_ARENA_MAX) refused; keeping glibc's default arenas");
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
 
 fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
