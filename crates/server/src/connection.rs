@@ -1,6 +1,7 @@
 //! The task that drives one TCP connection: it reads and decodes packets, feeds them to the protocol state
 //! machine, drains the session queue when told to, writes what the state machine produced (many packets per
-//! write), and handles the takeover handshake and shutdown. No protocol rule lives here.
+//! write), and handles the takeover handshake and shutdown. No protocol rule lives here. While nothing happens
+//! the connection is parked in a small future (`Link::idle`); its busy state is boxed and given back.
 
 use crate::listener::OpenSlot;
 use crate::protocol::{Close, Conn, Step, OUT_HIGH_WATER};
@@ -73,7 +74,8 @@ fn run(mut link: Link) -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// What ended an idle wait, when it was something the wait consumed (a oneshot value, a notification permit) and the busy loop must therefore handle itself.
+/// What ended an idle wait, when it was something the wait consumed (a oneshot value, a notification permit)
+/// and the busy loop must therefore handle itself.
 enum Wake {
     Control(Result<Control, oneshot::error::RecvError>),
     Deliveries,
