@@ -130,7 +130,7 @@ impl Broker {
             disconnected_at_ms: if offline { persist::unix_ms_now() } else { 0 },
             subscriptions: state.subscriptions.clone(),
             will: will.map(Into::into),
-            awaiting_rel: sorted_ids(&state.awaiting_rel),
+            awaiting_rel: state.awaiting_rel_ids(),
         };
         handle.mark_stored();
         Op::PutSession { client: handle.client_id.clone(), data: persist::encode_session(&rec) }
@@ -490,11 +490,4 @@ impl Broker {
             expires_at: w.message_expiry.map(|s| now + Duration::from_secs(u64::from(s))),
         })
     }
-}
-
-/// Inbound QoS 2 ids in a stable order for the session record.
-fn sorted_ids(ids: &std::collections::HashMap<u16, Instant>) -> Vec<u16> {
-    let mut v: Vec<u16> = ids.keys().copied().collect();
-    v.sort_unstable();
-    v
 }

@@ -261,9 +261,12 @@ impl SessionHandle {
 
     /// True while the queue is above its low-water mark and the session is online (and not stalled).
     pub fn is_congested(&self) -> bool {
-        self.is_online()
-            && !self.stalled.load(Ordering::Relaxed)
-            && self.queue.lock().len() > low_water(self.max_queue_len.load(Ordering::Relaxed))
+        !self.stalled.load(Ordering::Relaxed) && self.above_low_water(&self.queue.lock())
+    }
+
+    /// Online with more queued than the low-water mark (the caller holds the queue lock).
+    fn above_low_water(&self, q: &MQueue) -> bool {
+        self.is_online() && q.len() > low_water(self.max_queue_len.load(Ordering::Relaxed))
     }
 
     /// A publisher waited the longest it may for this session: if it is still congested, stop holding anyone
@@ -273,8 +276,7 @@ impl SessionHandle {
             // Under the queue lock, as `take` clears the flag: a drain between the check and the set would
             // otherwise leave a drained session marked stalled.
             let q = self.queue.lock();
-            let congested = self.is_online() && q.len() > low_water(self.max_queue_len.load(Ordering::Relaxed));
-            if !congested || self.stalled.swap(true, Ordering::AcqRel) {
+            if !self.above_low_water(&q) || self.stalled.swap(true, Ordering::AcqRel) {
                 return false;
             }
         }
@@ -406,11 +408,7 @@ impl SessionHandle {
 
     /// The subscriptions and inbound QoS 2 ids of the parked (offline) state, to rewrite its record.
     pub(crate) fn parked_records(&self) -> Option<(HashMap<String, SubscriptionRecord>, Vec<u16>)> {
-        self.parked.lock().as_ref().map(|s| {
-            let mut ids: Vec<u16> = s.awaiting_rel.keys().copied().collect();
-            ids.sort_unstable();
-            (s.subscriptions.clone(), ids)
-        })
+        self.parked.lock().as_ref().map(|s| (s.subscriptions.clone(), s.awaiting_rel_ids()))
     }
 
     pub(crate) fn mark_stored(&self) {
@@ -549,6 +547,13 @@ pub struct SessionState {
 }
 
 impl SessionState {
+    /// Inbound QoS 2 ids awaiting PUBREL, in a stable order for the session record.
+    pub fn awaiting_rel_ids(&self) -> Vec<u16> {
+        let mut ids: Vec<u16> = self.awaiting_rel.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The next free packet id, or `None` when all 65535 are in flight.
     pub fn next_packet_id(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {

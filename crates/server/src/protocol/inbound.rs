@@ -157,7 +157,8 @@ impl Conn {
         };
         // PUBCOMP once the release is stored: the client may reuse the id right after, and a restart that still
         // remembered it would take the new PUBLISH for a resend and drop it.
-        let ticket = match self.awaiting_rel_ops().into_iter().next() {
+        let op = self.session.as_ref().and_then(|s| self.broker.awaiting_rel_op(s, &self.state));
+        let ticket = match op {
             None => 0,
             Some(op) => match self.broker.submit(vec![op]) {
                 Ok(t) => t,
