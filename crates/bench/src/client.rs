@@ -91,6 +91,7 @@ async fn connect_inner(o: &ConnectOpts, index: usize, client_id: &str) -> Result
         username: o.username.as_deref().map(Utf8::from),
         password: o.password.as_ref().map(|p| p.clone().into_bytes().into()),
         properties: Box::new(properties),
+        bridge: false,
     };
     conn.send(&Packet::Connect(Box::new(c)))?;
     conn.flush_all().await?;

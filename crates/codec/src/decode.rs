@@ -71,7 +71,10 @@ fn check_first_byte(first_byte: u8, version: ProtocolVersion) -> Result<(), Deco
             0 if flags & 0b1000 != 0 => Err(DecodeError::Malformed("DUP set on a QoS 0 PUBLISH")),
             _ => Ok(()),
         },
-        // PUBREL, SUBSCRIBE, UNSUBSCRIBE
+        // PUBREL, SUBSCRIBE, UNSUBSCRIBE. MQTT 3.1 gave them a QoS 1 header whose DUP bit a client sets when it
+        // re-sends one (3.1 section 2.1: first bytes 0x6A, 0x8A, 0xAA); 3.1.1 fixed the flags at 0010
+        // [MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1].
+        6 | 8 | 10 if version == ProtocolVersion::V3 && flags == 0b1010 => Ok(()),
         6 | 8 | 10 if flags != 0b0010 => Err(DecodeError::Malformed("reserved fixed header flags must be 0010")),
         6 | 8 | 10 => Ok(()),
         15 if !version.is_v5() => Err(DecodeError::Malformed("AUTH exists only in MQTT 5")),
@@ -128,10 +131,13 @@ fn reason_and_properties(r: &mut Reader, scope: Scope) -> Result<(u8, Box<Proper
 fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     let name = r.binary()?;
     let level = r.u8()?;
-    let protocol = match (&name[..], level) {
-        (b"MQIsdp", 3) => ProtocolVersion::V3,
-        (b"MQTT", 4) => ProtocolVersion::V4,
-        (b"MQTT", 5) => ProtocolVersion::V5,
+    // 0x83 and 0x84 are the private bridge levels of Mosquitto (and EMQX): 3.1 and 3.1.1 with bit 7 set.
+    let (protocol, bridge) = match (&name[..], level) {
+        (b"MQIsdp", 3) => (ProtocolVersion::V3, false),
+        (b"MQIsdp", 0x83) => (ProtocolVersion::V3, true),
+        (b"MQTT", 4) => (ProtocolVersion::V4, false),
+        (b"MQTT", 0x84) => (ProtocolVersion::V4, true),
+        (b"MQTT", 5) => (ProtocolVersion::V5, false),
         _ => return Err(DecodeError::UnsupportedProtocol),
     };
     let v5 = protocol.is_v5();
@@ -176,6 +182,7 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         username,
         password,
         properties,
+        bridge,
     })
 }
 

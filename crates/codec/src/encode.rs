@@ -195,7 +195,7 @@ fn write_body(packet: &Packet, version: ProtocolVersion, plan: &Plan, buf: &mut 
         Packet::Connect(c) => {
             let v5 = c.protocol.is_v5();
             put_field(buf, protocol_name(c.protocol));
-            buf.put_u8(c.protocol as u8);
+            buf.put_u8(c.protocol as u8 | if c.bridge { 0x80 } else { 0 });
             buf.put_u8(connect_flags(c));
             buf.put_u16(c.keep_alive);
             if v5 {

@@ -198,6 +198,10 @@ pub struct Connect {
     pub username: Option<Utf8>,
     pub password: Option<Bytes>,
     pub properties: Box<Properties>,
+    /// The private "bridge" protocol levels 0x83 (3.1) and 0x84 (3.1.1) that Mosquitto bridges send by default
+    /// (`try_private true`): the protocol level with bit 7 set. The broker then treats the client's
+    /// subscriptions as no-local and retain-as-published, so bridge loops do not form.
+    pub bridge: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

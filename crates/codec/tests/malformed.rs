@@ -140,6 +140,38 @@ fn unknown_protocol_name_or_level_is_unsupported() {
 }
 
 #[test]
+fn private_bridge_levels_decode_as_bridges() {
+    // Mosquitto bridges send 0x83 (MQIsdp) and 0x84 (MQTT) by default (`try_private true`); EMQX accepts them.
+    let mqisdp = [&[0, 6][..], b"MQIsdp", &[0x83, 0x02, 0, 60, 0, 1, b'c']].concat();
+    let Ok(Some(Packet::Connect(c))) = decode_all(&frame(0x10, &mqisdp), V4) else { panic!("MQIsdp 0x83") };
+    assert_eq!((c.protocol, c.bridge), (V3, true));
+    let Ok(Some(Packet::Connect(c))) = decode_all(&frame(0x10, &connect_body(0x84, 0x02, &[0, 1, b'c'])), V4) else {
+        panic!("MQTT 0x84")
+    };
+    assert_eq!((c.protocol, c.bridge), (V4, true));
+    // Only 3.1 and 3.1.1 have a bridge level; the encoder writes the bit back.
+    assert_eq!(
+        decode_all(&frame(0x10, &connect_body(0x85, 0x02, &[0, 1, b'c'])), V4),
+        Err(DecodeError::UnsupportedProtocol)
+    );
+    let mut again = bytes::BytesMut::new();
+    halyard_codec::encode(&Packet::Connect(c), V4, &mut again).expect("encode");
+    assert_eq!(again[8], 0x84);
+}
+
+#[test]
+fn mqtt31_accepts_dup_on_pubrel_subscribe_unsubscribe() {
+    // MQTT 3.1 section 2.1: PUBREL, SUBSCRIBE and UNSUBSCRIBE carry QoS 1 and may carry DUP when re-sent.
+    assert!(matches!(decode_all(&frame(0x6A, &[0, 1]), V3), Ok(Some(Packet::PubRel(_)))));
+    assert!(matches!(decode_all(&frame(0x8A, &[0, 1, 0, 1, b'a', 1]), V3), Ok(Some(Packet::Subscribe(_)))));
+    assert!(matches!(decode_all(&frame(0xAA, &[0, 1, 0, 1, b'a']), V3), Ok(Some(Packet::Unsubscribe(_)))));
+    // 3.1.1 fixed those flags at 0010 [MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1].
+    for first in [0x6A, 0x8A, 0xAA] {
+        assert!(malformed(&frame(first, &[0, 1, 0, 1, b'a', 1]), V4), "{first:#x} on 3.1.1");
+    }
+}
+
+#[test]
 fn known_protocols_decode() {
     let mqisdp = [&[0, 6][..], b"MQIsdp", &[3, 0x02, 0, 60, 0, 1, b'c']].concat();
     let Ok(Some(Packet::Connect(c))) = decode_all(&frame(0x10, &mqisdp), V5) else { panic!("MQIsdp 3") };

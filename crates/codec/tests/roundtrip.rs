@@ -160,6 +160,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 username,
                 password,
                 properties: Box::new(properties),
+                bridge: false,
             }))
         },
     )
@@ -473,6 +474,7 @@ fn connect_v4_matches_the_wire_format() {
         username: Some(Utf8::from("u")),
         password: Some(Bytes::from_static(b"p")),
         properties: Default::default(),
+        bridge: false,
     }));
     #[rustfmt::skip]
     let expected = [
@@ -496,6 +498,7 @@ fn connect_v3_uses_mqisdp() {
         username: None,
         password: None,
         properties: Default::default(),
+        bridge: false,
     }));
     assert_eq!(bytes_of(&packet, V5), [0x10, 15, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0, 0, 0, 0, 1, b'c']);
 }

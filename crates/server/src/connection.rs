@@ -151,11 +151,10 @@ impl Link {
         // Made per busy period: a connection parks only with no acknowledgement waiting for a commit.
         let mut commits = broker.store.commits();
         match wake {
-            Wake::Control(ctl) => {
-                if let Some(c) = on_control(conn, ctl, control_open) {
-                    return Err(c);
-                }
+            Wake::Control(Ok(ctl)) => {
+                return Err(take_over(conn, ctl, rd, rbuf, hold, broker, zone, control_tx).await);
             }
+            Wake::Control(Err(_)) => *control_open = false,
             Wake::Deliveries => {
                 conn.fill(Instant::now());
                 conn.submit_ops();
@@ -200,11 +199,11 @@ impl Link {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Err(shutting_down()),
-                ctl = &mut *control_rx, if *control_open => {
-                    if let Some(c) = on_control(conn, ctl, control_open) {
-                        return Err(c);
-                    }
-                }
+                ctl = &mut *control_rx, if *control_open => match ctl {
+                    Ok(ctl) => return Err(take_over(conn, ctl, rd, rbuf, hold, broker, zone, control_tx).await),
+                    // The sender is dropped unanswered when the session ends without a takeover.
+                    Err(_) => *control_open = false,
+                },
                 r = wr.write_buf(&mut conn.out), if !conn.out.is_empty() => {
                     if let Err(e) = r {
                         return Err(Close::lost(format!("write failed: {e}")));
@@ -250,7 +249,7 @@ impl Link {
                         Err(e) => return Err(Close::lost(format!("read failed: {e}"))),
                         Ok(_) => {}
                     }
-                    if let Some(c) = process(conn, rbuf, hold, broker, zone, control_tx).await {
+                    if let Some(c) = process(conn, rbuf, hold, broker, zone, control_tx, true).await {
                         return Err(c);
                     }
                     if rbuf.is_empty() {
@@ -321,23 +320,81 @@ fn shutting_down() -> Close {
     Close { publish_will: false, ..Close::error(rc::SERVER_SHUTTING_DOWN, "server shutting down") }
 }
 
-/// Handles a message on the control channel; returns how the connection ends, if it does.
-fn on_control(
+/// Another connection takes the session over. What this client sent before it went (already in the socket's
+/// receive buffer or held back here) is processed first and in order, so a PUBLISH is not lost and a DISCONNECT
+/// discards the will [MQTT-3.1.2-10], [MQTT-3.14.4-3] even when the client reconnects at once. Then the session
+/// is parked (or ended) before the new owner is answered, so it finds the session complete.
+#[allow(clippy::too_many_arguments)]
+async fn take_over(
     conn: &mut Conn,
-    ctl: Result<Control, oneshot::error::RecvError>,
-    control_open: &mut bool,
+    ctl: Control,
+    rd: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    hold: &mut Hold,
+    broker: &Arc<Broker>,
+    zone: &MqttConfig,
+    control_tx: &mut Option<oneshot::Sender<Control>>,
+) -> Close {
+    let Control::Takeover { resume, done } = ctl;
+    // Boxed: it runs once per takeover, and its read buffer would otherwise enlarge every busy period's future.
+    let close = match Box::pin(read_what_was_sent(conn, rd, rbuf, hold, broker, zone, control_tx)).await {
+        Some(c) => c,
+        None => conn.on_takeover(resume),
+    };
+    conn.close(&close);
+    let _ = done.send(());
+    close
+}
+
+/// The most a connection being taken over reads of what its client had sent (beyond that, the rest is lost as
+/// with any connection that closes: only what was acknowledged counts).
+const TAKEOVER_READ_MAX: usize = 1024 * 1024;
+
+/// Processes the held packets and whatever the socket has already received, without waiting for more and
+/// without holding anything back. Returns how the connection ends if those packets end it (a DISCONNECT, the
+/// client's close, a protocol error).
+async fn read_what_was_sent(
+    conn: &mut Conn,
+    rd: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    hold: &mut Hold,
+    broker: &Arc<Broker>,
+    zone: &MqttConfig,
+    control_tx: &mut Option<oneshot::Sender<Control>>,
 ) -> Option<Close> {
-    match ctl {
-        Err(_) => {
-            *control_open = false;
-            None
+    while let Some(p) = hold.held.pop_front() {
+        hold.waiting_on.clear();
+        if let Some(c) = feed(conn, p, hold, broker, zone, control_tx).await {
+            return Some(c);
         }
-        Ok(Control::Takeover { resume, done }) => {
-            let c = conn.on_takeover(resume);
-            // Park the session before answering, so the new owner finds it complete.
-            conn.close(&c);
-            let _ = done.send(());
-            Some(c)
+    }
+    hold.waiting_on.clear();
+    let mut read = 0;
+    loop {
+        if let Some(c) = process(conn, rbuf, hold, broker, zone, control_tx, false).await {
+            return Some(c);
+        }
+        if read >= TAKEOVER_READ_MAX {
+            return None;
+        }
+        // Straight from the socket: tokio's readiness flag lags behind the kernel until the reactor next runs, so
+        // `try_read` may say "would block" about bytes that arrived long ago.
+        let mut chunk = [0u8; 4096];
+        match std::io::Read::read(&mut &*socket2::SockRef::from(rd.as_ref()), &mut chunk) {
+            Ok(0) => {
+                // What came before the close still counts: a DISCONNECT among it means no will.
+                if let Some(c) = process(conn, rbuf, hold, broker, zone, control_tx, false).await {
+                    return Some(c);
+                }
+                return Some(Close::lost("connection closed by client"));
+            }
+            Ok(n) => {
+                rbuf.extend_from_slice(&chunk[..n]);
+                read += n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Some(Close::lost(format!("read failed: {e}"))),
         }
     }
 }
@@ -368,6 +425,7 @@ fn passes_hold(p: &Packet) -> bool {
 }
 
 /// Decodes and handles every complete packet in `rbuf`. Returns how the connection must end, if it must.
+/// `respect_hold`: false when the connection is being taken over (everything it got is processed now).
 async fn process(
     conn: &mut Conn,
     rbuf: &mut BytesMut,
@@ -375,6 +433,7 @@ async fn process(
     broker: &Arc<Broker>,
     zone: &MqttConfig,
     control_tx: &mut Option<oneshot::Sender<Control>>,
+    respect_hold: bool,
 ) -> Option<Close> {
     loop {
         let packet = match halyard_codec::decode(rbuf, conn.version(), conn.max_packet_size()) {
@@ -382,6 +441,9 @@ async fn process(
             Ok(None) => return None,
             Err(e) => return Some(decode_failure(conn, e)),
         };
+        if !respect_hold {
+            hold.waiting_on.clear();
+        }
         if hold.active() && !passes_hold(&packet) {
             hold.held.push_back(packet);
             continue;
@@ -510,6 +572,77 @@ async fn linger(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, out: &mut Bytes
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Encodes packets as a 3.1.1 client would send them.
+    fn wire(packets: &[Packet]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        for p in packets {
+            halyard_codec::encode(p, halyard_codec::ProtocolVersion::V4, &mut b).expect("encode");
+        }
+        b.to_vec()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_takeover_first_processes_what_the_client_sent_before_it() {
+        // [MQTT-3.1.2-10], [MQTT-3.14.4-3]: the client published, sent DISCONNECT and closed; the takeover by its
+        // reconnect reaches the old connection before that connection has read those bytes (on one thread, both
+        // are ready when it next runs). The publish must be routed and the DISCONNECT must discard the will.
+        use halyard_codec::{Connect, LastWill, Publish, QoS, Utf8};
+        use tokio::io::AsyncWriteExt;
+        let broker = Broker::new(halyard_core::config::Config::default());
+        let zone = Arc::new(broker.config.mqtt.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let mut client = client.expect("connect");
+        let (stream, _) = server.expect("accept");
+        let (_shutdown, rx) = watch::channel(false);
+        let slot = OpenSlot::take(&Arc::new(std::sync::atomic::AtomicUsize::new(0)), &broker);
+        let link = tokio::spawn(serve(stream, broker.clone(), zone.clone(), rx, slot));
+        let connect = Connect {
+            protocol: halyard_codec::ProtocolVersion::V4,
+            clean_start: false,
+            keep_alive: 0,
+            client_id: Utf8::from("racer"),
+            will: Some(LastWill {
+                topic: Utf8::from("will/racer"),
+                payload: bytes::Bytes::from_static(b"gone"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: Default::default(),
+            }),
+            username: None,
+            password: None,
+            properties: Default::default(),
+            bridge: false,
+        };
+        client.write_all(&wire(&[Packet::Connect(Box::new(connect))])).await.expect("write");
+        let mut connack = [0u8; 4];
+        client.read_exact(&mut connack).await.expect("CONNACK");
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: Utf8::from("data"),
+            packet_id: None,
+            properties: Default::default(),
+            payload: bytes::Bytes::from_static(b"x"),
+        };
+        let received = Metrics::get(&broker.metrics.messages_received);
+        let last = wire(&[Packet::Publish(publish), Packet::Disconnect(Default::default())]);
+        client.write_all(&last).await.expect("write");
+        client.shutdown().await.expect("close");
+        assert_eq!(Metrics::get(&broker.metrics.messages_received), received, "the old connection has not run yet");
+        // The reconnect's attach, without yielding to the old connection before its takeover request is sent.
+        let (tx, _control) = oneshot::channel();
+        let attached = broker.attach("racer", false, 7200, &zone, tx).await;
+        assert!(attached.present, "the session was resumed");
+        assert_eq!(Metrics::get(&broker.metrics.messages_received), received + 1, "the PUBLISH was processed");
+        assert_eq!(Metrics::get(&broker.metrics.wills_published), 0, "DISCONNECT discarded the will");
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), link).await.expect("old connection ends").expect("no panic");
+    }
 
     #[tokio::test]
     async fn connection_task_stays_small() {

@@ -139,6 +139,46 @@ async fn will_published_on_abnormal_close_not_on_disconnect() {
 }
 
 #[tokio::test]
+async fn disconnect_then_immediate_reconnect_discards_the_will_and_keeps_the_publish() {
+    // [MQTT-3.1.2-10], [MQTT-3.14.4-3]: a DISCONNECT discards the will. Packets a client sent before it closed are
+    // processed, in order, before its session moves to the new connection, even when the new connection arrives
+    // first: the publish is delivered and no will goes out. Persistent sessions (3.1.1 clean session 0, v5 session
+    // expiry > 0), half the rounds reconnecting only after the subscriber has the publish, half at once.
+    let b = start(&[]).await;
+    let (mut watcher, _) = Raw::connect(b.addr, V4, "race-watch", true).await;
+    watcher.subscribe("race/#", QoS::AtMostOnce).await;
+    for v in [V4, V5] {
+        let mut c = connect_packet(v, &format!("racer-{v:?}"), false);
+        if v == V5 {
+            c.properties.session_expiry_interval = Some(60);
+        }
+        c.will = Some(will("race/will", b"gone", QoS::AtMostOnce));
+        let (mut r, _) = Raw::connect_with(b.addr, c.clone()).await;
+        for i in 0..20u8 {
+            r.publish("race/data", &[i], QoS::AtMostOnce, false, 0).await;
+            r.send(&Packet::Disconnect(Default::default())).await;
+            drop(r);
+            if i % 2 == 0 {
+                let p = watcher.expect_publish().await;
+                assert_eq!((&*p.topic, &p.payload[..]), ("race/data", &[i][..]), "{v:?} round {i}");
+            }
+            r = Raw::connect_with(b.addr, c.clone()).await.0;
+            if i % 2 == 1 {
+                let p = watcher.expect_publish().await;
+                assert_eq!((&*p.topic, &p.payload[..]), ("race/data", &[i][..]), "{v:?} round {i}: publish not lost");
+            }
+        }
+        r.send(&Packet::Disconnect(Default::default())).await;
+        assert!(r.closed().await.is_ok());
+    }
+    // Any will would have been queued before the reconnect's CONNACK; a marker published now comes after it.
+    let (mut m, _) = Raw::connect(b.addr, V4, "race-marker", true).await;
+    m.publish("race/end", b"", QoS::AtMostOnce, false, 0).await;
+    let p = watcher.expect_publish().await;
+    assert_eq!(&*p.topic, "race/end", "no will was published");
+}
+
+#[tokio::test]
 async fn will_delay_cancelled_by_reconnect_and_immediate_with_expiry_0() {
     // [MQTT-3.1.3-9] the will is delayed by Will Delay Interval and not sent if the session resumes first;
     // a session that ends (expiry 0) sends it at once.

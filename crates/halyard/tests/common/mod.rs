@@ -127,6 +127,7 @@ pub fn connect_packet(version: ProtocolVersion, id: &str, clean: bool) -> Connec
         username: None,
         password: None,
         properties: Default::default(),
+        bridge: false,
     }
 }
 

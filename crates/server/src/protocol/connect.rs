@@ -26,6 +26,7 @@ static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 impl Conn {
     pub(super) fn on_connect(&mut self, c: Connect, now: Instant) -> Step {
         self.version = c.protocol;
+        self.bridge = c.bridge;
         let v5 = c.protocol.is_v5();
         let zone = self.zone.clone();
 
@@ -58,7 +59,20 @@ impl Conn {
 
         // Will message [MQTT-3.1.2-8..15].
         if let Some(w) = &c.will {
-            if halyard_topic::validate_topic_name(&w.topic, zone.max_topic_levels).is_err() {
+            if halyard_topic::validate_topic_name(&w.topic, zone.max_topic_levels).is_err() || is_share_topic(&w.topic)
+            {
+                if !v5 {
+                    // A non-conforming CONNECT is closed without CONNACK in 3.1.1 [MQTT-3.1.4-1], [MQTT-3.1.2-9]
+                    // (the will topic must be a valid topic name); 3.1.1 has no return code for it.
+                    self.phase = Phase::Closed;
+                    return Step::Close(Close {
+                        reason_code: None,
+                        publish_will: false,
+                        why: "invalid will topic".into(),
+                        detach: DetachReason::Closed,
+                    });
+                }
+                // MQTT 5 allows a CONNACK with a reason code before closing [MQTT-3.1.4-1], section 4.13.
                 return self.refuse(rc::TOPIC_NAME_INVALID, "invalid will topic");
             }
             if (w.qos as u8) > zone.max_qos_allowed {
@@ -166,15 +180,20 @@ impl Conn {
                 props.server_keep_alive = Some(self.keep_alive);
             }
         }
-        // [MQTT-3.2.2-1..3] Session Present only when a session was resumed.
-        self.send_trimmed(Packet::ConnAck(ConnAck {
-            session_present: present,
-            reason_code: rc::SUCCESS,
-            properties: props,
-        }));
+        // [MQTT-3.2.2-1..3] Session Present only when a session was resumed. MQTT 3.1 has no such flag: the first
+        // byte of its CONNACK variable header is reserved, so it stays 0 for protocol level 3.
+        let session_present = present && self.version != ProtocolVersion::V3;
+        self.send_trimmed(Packet::ConnAck(ConnAck { session_present, reason_code: rc::SUCCESS, properties: props }));
         tracing::debug!(version = self.version as u8, present, keep_alive = self.keep_alive, "client connected");
         // [MQTT-4.4.0-1] unacknowledged PUBLISH and PUBREL are resent on reconnect, DUP set on PUBLISH.
         self.resend_all(now);
         self.fill(now);
     }
+}
+
+/// A topic name starting with `$share/` can never be matched by a subscription (every `$share/...` filter is a
+/// shared subscription to what follows the group), so a message published to it would be lost without a word.
+/// Mosquitto refuses such names too.
+pub(super) fn is_share_topic(topic: &str) -> bool {
+    topic.starts_with("$share/") || topic == "$share"
 }

@@ -27,6 +27,10 @@ impl Conn {
             // [MQTT-3.3.2-2] no wildcards in a topic name; [MQTT-4.7.3-1] not empty.
             return Err(Close::error(rc::TOPIC_NAME_INVALID, format!("invalid topic name: {e}")));
         }
+        if super::connect::is_share_topic(&p.topic) {
+            // No subscription can match it [MQTT-4.8.2-1]: refuse rather than lose it (v5 DISCONNECT 0x90, v3 close).
+            return Err(Close::error(rc::TOPIC_NAME_INVALID, "topic names may not start with $share/"));
+        }
 
         let refusal = if p.topic.starts_with("$SYS/") || &*p.topic == "$SYS" {
             // Clients may not publish into the broker's own namespace.

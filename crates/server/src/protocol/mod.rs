@@ -92,6 +92,9 @@ pub struct Conn {
     limits: ClientLimits,
     /// Session Expiry Interval the client asked for at CONNECT (v5), for the DISCONNECT rule [MQTT-3.14.2-2].
     connect_expiry: u32,
+    /// The client connected with a private bridge protocol level (0x83 / 0x84): its subscriptions are no-local
+    /// and retain-as-published, so a message it forwarded does not come back to it.
+    bridge: bool,
     /// Topic aliases, once either side uses one (boxed: most connections never do).
     aliases: Option<Box<Aliases>>,
     /// Scratch buffer for deliveries taken from the session queue.
@@ -145,6 +148,7 @@ impl Conn {
                 request_problem_information: true,
             },
             connect_expiry: 0,
+            bridge: false,
             aliases: None,
             batch: Vec::new(),
             congested: Vec::new(),

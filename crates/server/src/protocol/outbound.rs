@@ -190,7 +190,16 @@ impl Conn {
                 self.record_progress(&d, a.packet_id, Stage::AwaitPubComp);
                 self.send_ack(Packet::PubRel, a.packet_id, rc::SUCCESS, "");
             }
-            _ => self.send_ack(Packet::PubRel, a.packet_id, rc::PACKET_IDENTIFIER_NOT_FOUND, ""),
+            Some(_) => {
+                // The id awaits a PUBACK (a QoS 1 delivery): a PUBREC for it is the client's protocol error. Never
+                // start a QoS 2 flow for it (a PUBREL would confuse the client's id space): v5 closes with 0x82,
+                // v3 (which has no way to say so) ignores it [MQTT-4.3.2], [MQTT-4.3.3].
+                if self.version.is_v5() {
+                    return Err(Close::error(rc::PROTOCOL_ERROR, "PUBREC for a QoS 1 delivery"));
+                }
+                tracing::debug!(packet_id = a.packet_id, "PUBREC for a QoS 1 delivery ignored");
+            }
+            None => self.send_ack(Packet::PubRel, a.packet_id, rc::PACKET_IDENTIFIER_NOT_FOUND, ""),
         }
         Ok(())
     }

@@ -43,6 +43,13 @@ impl Conn {
                 options.retain_as_published = false;
                 options.retain_handling = 0;
             }
+            if self.bridge {
+                // A bridge forwards what it receives: without no-local its own messages would come back and loop,
+                // and it needs the retain flag as published to mirror retained messages (what EMQX and
+                // Mosquitto do for the private bridge levels).
+                options.no_local = true;
+                options.retain_as_published = true;
+            }
             let existed = self.broker.subscribe(&session, plain_filter, group, options, sub_id);
             self.state.subscriptions.insert(filter.to_string(), SubscriptionRecord { options, sub_id });
             codes.push(options.qos as u8);
@@ -87,10 +94,14 @@ impl Conn {
         let Some(session) = self.session.clone() else { return Ok(()) };
         let mut codes = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
+            let Ok(parsed) = halyard_topic::parse_subscription(filter, 0) else {
+                // An empty or malformed filter names no subscription at all: 0x8F, not 0x11 [MQTT-3.10.3-2],
+                // section 3.11.3 (Topic Filter invalid).
+                codes.push(rc::TOPIC_FILTER_INVALID);
+                continue;
+            };
             let removed = self.state.subscriptions.remove(filter.as_str()).is_some();
-            if let Ok(parsed) = halyard_topic::parse_subscription(filter, 0) {
-                self.broker.unsubscribe(&session, parsed.filter(), parsed.group());
-            }
+            self.broker.unsubscribe(&session, parsed.filter(), parsed.group());
             codes.push(if removed { rc::SUCCESS } else { rc::NO_SUBSCRIPTION_EXISTED });
         }
         self.broker.persist_subscriptions(&session, &self.state);

@@ -22,6 +22,7 @@ fn connect(v: ProtocolVersion, id: &str, keep_alive: u16) -> Packet {
         username: None,
         password: None,
         properties: Default::default(),
+        bridge: false,
     }))
 }
 
@@ -120,4 +121,203 @@ async fn v3_resends_unacknowledged_with_dup_after_retry_interval_v5_does_not() {
             assert!(drain(&mut c, v).is_empty(), "acknowledged: no more resends");
         }
     }
+}
+
+// --- Protocol fixes, each named after its normative statement. ---
+
+fn connect_with(v: ProtocolVersion, id: &str, clean: bool, f: impl FnOnce(&mut Connect)) -> Packet {
+    let Packet::Connect(mut c) = connect(v, id, 0) else { unreachable!() };
+    c.clean_start = clean;
+    f(&mut c);
+    Packet::Connect(c)
+}
+
+/// CONNECT, attach and CONNACK for a packet built by the caller; returns the machine and what it sent.
+async fn connect_packet_through(b: &Arc<Broker>, p: Packet, t0: Instant) -> (Conn, Vec<Packet>) {
+    let zone = Arc::new(b.config.mqtt.clone());
+    let Packet::Connect(c) = &p else { unreachable!() };
+    let v = c.protocol;
+    let mut conn = Conn::new(b.clone(), zone.clone(), t0);
+    let Step::Attach(req) = conn.handle(p, t0) else { panic!("CONNECT accepted") };
+    let (tx, _rx) = oneshot::channel();
+    let a = b.attach(&req.client_id, req.clean_start, req.expiry_interval, &zone, tx).await;
+    conn.on_attached(req, a, t0);
+    let out = drain(&mut conn, v);
+    (conn, out)
+}
+
+fn publish(topic: &str, qos: QoS, packet_id: Option<u16>, retain: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: Utf8::from(topic),
+        packet_id,
+        properties: Default::default(),
+        payload: Bytes::from_static(b"m"),
+    })
+}
+
+fn subscribe(filter: &str, qos: QoS) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Default::default(),
+        filters: vec![(Utf8::from(filter), SubscriptionOptions { qos, ..Default::default() })],
+    })
+}
+
+#[tokio::test]
+async fn mqtt31_connack_never_sets_session_present() {
+    // [MQTT-3.2.2-1..3] Session Present exists from 3.1.1 on; in 3.1 the byte is reserved and stays 0, even when a
+    // stored session is resumed. 3.1.1 sets it on resume.
+    let b = broker(&[]);
+    let t0 = Instant::now();
+    for (v, id, expect_present) in [(ProtocolVersion::V3, "p31", false), (ProtocolVersion::V4, "p311", true)] {
+        let (mut c, _) = connect_packet_through(&b, connect_with(v, id, false, |_| {}), t0).await;
+        c.close(&Close::lost("test"));
+        let (_c, out) = connect_packet_through(&b, connect_with(v, id, false, |_| {}), t0).await;
+        assert!(
+            matches!(out.as_slice(), [Packet::ConnAck(a)] if a.session_present == expect_present && a.reason_code == 0),
+            "{v:?}: {out:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mqtt311_connect_with_an_invalid_will_topic_is_closed_without_connack() {
+    // [MQTT-3.1.4-1] a non-conforming CONNECT is closed without CONNACK; [MQTT-3.1.2-9] the will topic must be a
+    // valid topic name. MQTT 5 may answer with a reason code first (0x90) before closing.
+    let b = broker(&[]);
+    let t0 = Instant::now();
+    for (v, topic) in [(ProtocolVersion::V4, "w/+"), (ProtocolVersion::V4, "w/#"), (ProtocolVersion::V3, "w/+")] {
+        let p = connect_with(v, "bad-will", true, |c| {
+            c.will = Some(halyard_codec::LastWill {
+                topic: Utf8::from(topic),
+                payload: Bytes::from_static(b"x"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: Default::default(),
+            })
+        });
+        let mut conn = Conn::new(b.clone(), Arc::new(b.config.mqtt.clone()), t0);
+        assert!(matches!(conn.handle(p, t0), Step::Close(_)), "{v:?} {topic}: refused");
+        assert!(conn.out.is_empty(), "{v:?} {topic}: no CONNACK, got {:?}", drain(&mut conn, v));
+    }
+    let p = connect_with(ProtocolVersion::V5, "bad-will5", true, |c| {
+        c.will = Some(halyard_codec::LastWill {
+            topic: Utf8::from("w/#"),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+        })
+    });
+    let mut conn = Conn::new(b.clone(), Arc::new(b.config.mqtt.clone()), t0);
+    assert!(matches!(conn.handle(p, t0), Step::Close(_)));
+    let out = drain(&mut conn, ProtocolVersion::V5);
+    assert!(matches!(out.as_slice(), [Packet::ConnAck(a)] if a.reason_code == rc::TOPIC_NAME_INVALID), "{out:?}");
+}
+
+#[tokio::test]
+async fn publish_to_a_share_topic_is_refused_not_lost() {
+    // [MQTT-4.8.2-1] `$share/...` names shared subscriptions; a PUBLISH to such a name could never be delivered.
+    // v5: DISCONNECT 0x90 (Topic Name invalid); v3: the connection closes.
+    let b = broker(&[]);
+    let t0 = Instant::now();
+    for v in [ProtocolVersion::V5, ProtocolVersion::V4] {
+        let mut c = connected(&b, v, &format!("share-pub-{v:?}"), 0, t0).await;
+        drain(&mut c, v);
+        let Step::Close(close) = c.handle(publish("$share/g/t", QoS::AtLeastOnce, Some(1), false), t0) else {
+            panic!("{v:?}: refused")
+        };
+        assert_eq!(close.reason_code, Some(rc::TOPIC_NAME_INVALID));
+        c.close(&close);
+        let out = drain(&mut c, v);
+        assert!(!out.iter().any(|p| matches!(p, Packet::PubAck(_))), "{v:?}: never acknowledged: {out:?}");
+        if v.is_v5() {
+            assert!(matches!(out.as_slice(), [Packet::Disconnect(d)] if d.reason_code == rc::TOPIC_NAME_INVALID));
+        }
+    }
+}
+
+#[tokio::test]
+async fn unsubscribe_of_an_invalid_or_empty_filter_is_0x8f() {
+    // Section 3.11.3: 0x8F Topic Filter invalid for a filter that is not one; 0x11 only for a valid filter that
+    // was not subscribed.
+    let b = broker(&[]);
+    let t0 = Instant::now();
+    let mut c = connected(&b, ProtocolVersion::V5, "unsub-bad", 0, t0).await;
+    drain(&mut c, ProtocolVersion::V5);
+    let u = halyard_codec::Unsubscribe {
+        packet_id: 3,
+        properties: Default::default(),
+        filters: vec![Utf8::from(""), Utf8::from("a/#/b"), Utf8::from("a/b#"), Utf8::from("never")],
+    };
+    assert!(matches!(c.handle(Packet::Unsubscribe(u), t0), Step::Continue));
+    let out = drain(&mut c, ProtocolVersion::V5);
+    let [Packet::UnsubAck(a)] = out.as_slice() else { panic!("{out:?}") };
+    assert_eq!(
+        a.reason_codes,
+        vec![rc::TOPIC_FILTER_INVALID, rc::TOPIC_FILTER_INVALID, rc::TOPIC_FILTER_INVALID, rc::NO_SUBSCRIPTION_EXISTED]
+    );
+}
+
+#[tokio::test]
+async fn pubrec_for_a_qos1_delivery_never_starts_a_qos2_flow() {
+    // [MQTT-4.3.2] a QoS 1 delivery is completed by PUBACK only; a PUBREC for its id is the client's protocol
+    // error: v5 closes with 0x82, v3 ignores it. Neither answers with PUBREL.
+    let b = broker(&[]);
+    let t0 = Instant::now();
+    for v in [ProtocolVersion::V5, ProtocolVersion::V4] {
+        let topic = format!("q1-{v:?}");
+        let mut c = connected(&b, v, &format!("pubrec-q1-{v:?}"), 0, t0).await;
+        c.handle(subscribe(&topic, QoS::AtLeastOnce), t0);
+        c.handle(publish(&topic, QoS::AtLeastOnce, Some(7), false), t0);
+        c.fill(t0);
+        let out = drain(&mut c, v);
+        let Some(Packet::Publish(p)) = out.iter().find(|p| matches!(p, Packet::Publish(_))) else { panic!("{out:?}") };
+        let pid = p.packet_id.expect("QoS 1");
+        let step = c.handle(Packet::PubRec(PubResp::new(pid)), t0);
+        let out = drain(&mut c, v);
+        assert!(!out.iter().any(|p| matches!(p, Packet::PubRel(_))), "{v:?}: no PUBREL: {out:?}");
+        if v.is_v5() {
+            assert!(matches!(step, Step::Close(Close { reason_code: Some(rc::PROTOCOL_ERROR), .. })), "{step:?}");
+        } else {
+            assert!(matches!(step, Step::Continue));
+            // Still awaiting its PUBACK: the delivery was not forgotten.
+            assert!(matches!(c.handle(Packet::PubAck(PubResp::new(pid)), t0), Step::Continue));
+            assert!(c.state.inflight.is_empty(), "PUBACK completes it");
+        }
+    }
+}
+
+#[tokio::test]
+async fn bridge_protocol_levels_get_no_local_and_retain_as_published() {
+    // Mosquitto bridges connect with 0x83/0x84 (`try_private true`): a bridge's subscriptions are no-local (what it
+    // forwards does not come back to it) and retain-as-published (it mirrors retained flags).
+    let b = broker(&[]);
+    let t0 = Instant::now();
+    let p = connect_with(ProtocolVersion::V4, "bridge", true, |c| c.bridge = true);
+    let (mut bridge, out) = connect_packet_through(&b, p, t0).await;
+    assert!(matches!(out.as_slice(), [Packet::ConnAck(a)] if a.reason_code == 0), "{out:?}");
+    bridge.handle(subscribe("br/#", QoS::AtLeastOnce), t0);
+    drain(&mut bridge, ProtocolVersion::V4);
+    // Its own message does not come back.
+    bridge.handle(publish("br/own", QoS::AtMostOnce, None, false), t0);
+    bridge.fill(t0);
+    assert!(drain(&mut bridge, ProtocolVersion::V4).is_empty(), "no-local");
+    // Another client's live retained message keeps its retain flag.
+    let mut other = connected(&b, ProtocolVersion::V4, "not-bridge", 0, t0).await;
+    other.handle(publish("br/r", QoS::AtMostOnce, None, true), t0);
+    bridge.fill(t0);
+    let got = drain(&mut bridge, ProtocolVersion::V4);
+    assert!(matches!(got.as_slice(), [Packet::Publish(p)] if p.retain && &*p.topic == "br/r"), "{got:?}");
+    // An ordinary 3.1.1 client gets the flag cleared on a live message [MQTT-3.3.1-9].
+    other.handle(subscribe("br/#", QoS::AtMostOnce), t0);
+    drain(&mut other, ProtocolVersion::V4);
+    other.handle(publish("br/r2", QoS::AtMostOnce, None, true), t0);
+    other.fill(t0);
+    let got = drain(&mut other, ProtocolVersion::V4);
+    // (br/r arrives first, retained, as the subscription's retained message.)
+    assert!(matches!(got.as_slice(), [_, Packet::Publish(p)] if !p.retain && &*p.topic == "br/r2"), "{got:?}");
 }

@@ -167,6 +167,7 @@ pub fn connect_packet(version: ProtocolVersion, client_id: &str, clean: bool) ->
         username: None,
         password: None,
         properties: Default::default(),
+        bridge: false,
     }
 }
 
