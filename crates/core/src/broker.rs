@@ -9,6 +9,7 @@ use crate::registry::Registry;
 use crate::retainer::Retainer;
 use crate::router::{Router, SubEntry};
 use crate::session::{Control, SessionHandle, SessionState, Stage};
+use crate::timers::{Due, OfflineTimers};
 use bytes::Bytes;
 use halyard_codec::{Properties, QoS, SubscriptionOptions, Utf8};
 use halyard_store::{MemoryStore, Op, Store, StoreError};
@@ -19,6 +20,8 @@ use tokio::sync::oneshot;
 
 /// How long a new connection waits for the old owner of its session to hand it over.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// When an expiring session is held by a connect in progress, its expiry is looked at again this much later.
+const EXPIRY_RETRY: Duration = Duration::from_millis(50);
 
 pub struct Broker {
     pub config: Arc<Config>,
@@ -29,6 +32,8 @@ pub struct Broker {
     /// Where persistent sessions, their queues and retained messages are kept (in memory when durability is off).
     pub store: Arc<dyn Store>,
     next_message_id: AtomicU64,
+    /// Will-delay and expiry deadlines of offline sessions, driven through `next_timeout`/`handle_timeout`.
+    timers: OfflineTimers,
 }
 
 /// The outcome of routing one client PUBLISH.
@@ -94,6 +99,7 @@ impl Broker {
             metrics: Metrics::default(),
             store,
             next_message_id: AtomicU64::new(next_message_id.max(1)),
+            timers: OfflineTimers::default(),
         })
     }
 
@@ -244,6 +250,7 @@ impl Broker {
         expiry_interval: u32,
         zone: &MqttConfig,
         control: oneshot::Sender<Control>,
+        now: Instant,
     ) -> Attached {
         loop {
             let (handle, created) = self.registry.get_or_insert_with(client_id, |id, cid| {
@@ -272,10 +279,12 @@ impl Broker {
                 }
                 if clean_start {
                     let state = handle.take_parked().unwrap_or_default();
-                    self.end_session(&handle, state);
+                    self.end_session(&handle, state, now);
                     continue;
                 }
             }
+            // Online again: its offline deadlines (will delay, expiry) are void.
+            self.timers.cancel(handle.id);
             // Resumed within the will delay: the will is not sent [MQTT-3.1.3-9].
             drop(handle.take_pending_will());
             let state = if created { SessionState::default() } else { handle.take_parked().unwrap_or_default() };
@@ -315,6 +324,7 @@ impl Broker {
         mut state: SessionState,
         will: Option<Will>,
         reason: DetachReason,
+        now: Instant,
     ) {
         let expiry = handle.expiry_interval();
         let continues = match reason {
@@ -324,15 +334,15 @@ impl Broker {
         if !continues {
             // The session ends now, so the will goes now, whatever its delay [MQTT-3.1.3-9].
             if let Some(w) = will {
-                self.publish_will(handle, w);
+                self.publish_will(handle, w, now);
             }
-            self.end_session(handle, state);
+            self.end_session(handle, state, now);
             return;
         }
         if let DetachReason::TakenOver { .. } = reason {
             // A new connection resumed the session: a delayed will is cancelled, an immediate one goes out.
             if let Some(w) = will.filter(|w| w.delay == 0) {
-                self.publish_will(handle, w);
+                self.publish_will(handle, w, now);
             }
             handle.detach(Some(state));
             return;
@@ -359,7 +369,7 @@ impl Broker {
         let mut will_delay_ms = None;
         let pending = match will {
             Some(w) if (u64::from(w.delay) * 1000).min(expiry_ms) == 0 => {
-                self.publish_will(handle, w);
+                self.publish_will(handle, w, now);
                 None
             }
             Some(w) => {
@@ -378,7 +388,7 @@ impl Broker {
         let generation = handle.detach(Some(state));
         // Offline now: its stored backlog lives on disk, not in RAM.
         handle.spill();
-        self.schedule_offline(handle, generation, will_delay_ms, expiry_ms);
+        self.arm_offline(handle, generation, now, will_delay_ms, expiry_ms);
     }
 
     /// Rewrites an offline session's record without its will (once the will is published).
@@ -396,48 +406,76 @@ impl Broker {
         }
     }
 
-    /// Timers of an offline session: its will after `min(will delay, expiry)`, its end after the expiry.
-    /// Both are tagged with the session's generation, so a reconnect makes them inert.
-    /// The pending will (already set on the handle) goes after `will_delay_ms` unless a reconnect took it.
-    pub(crate) fn schedule_offline(
-        self: &Arc<Self>,
+    /// Arms an offline session's deadlines, counted from `now`: its will after `will_delay_ms` (the pending
+    /// will is already set on the handle), its end after `expiry_ms`. Tagged with the session's generation, so
+    /// a reconnect (which cancels them anyway) leaves them inert.
+    pub(crate) fn arm_offline(
+        &self,
         handle: &Arc<SessionHandle>,
         generation: u64,
+        now: Instant,
         will_delay_ms: Option<u64>,
         expiry_ms: u64,
     ) {
-        if let Some(delay_ms) = will_delay_ms {
-            let (broker, h) = (self.clone(), handle.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                if h.generation() == generation {
+        let will_at = will_delay_ms.map(|ms| now + Duration::from_millis(ms));
+        self.timers.arm(handle, generation, will_at, now + Duration::from_millis(expiry_ms));
+    }
+
+    /// The earliest engine deadline (a will delay or a session expiry), if any: call `handle_timeout` then.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Notified when a deadline earlier than the one `next_timeout` returned is armed.
+    pub fn timeouts_changed(&self) -> &tokio::sync::Notify {
+        self.timers.changed()
+    }
+
+    /// Offline sessions with deadlines armed (one pair each at most).
+    pub fn armed_timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Does what came due at `now`: publishes wills whose delay passed, ends sessions whose expiry passed.
+    /// The engine reads no clock of its own; the server's timer task, or a test, passes the time in.
+    pub fn handle_timeout(&self, now: Instant) {
+        for (h, generation, due) in self.timers.take_due(now) {
+            if h.generation() != generation {
+                continue;
+            }
+            match due {
+                Due::Will => {
                     if let Some(w) = h.take_pending_will() {
-                        broker.publish_will(&h, w);
-                        broker.forget_stored_will(&h);
+                        self.publish_will(&h, w, now);
+                        self.forget_stored_will(&h);
                     }
                 }
-            });
-        }
-        let (broker, h) = (self.clone(), handle.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(expiry_ms)).await;
-            let _serial = h.connect_lock.lock().await;
-            if h.generation() == generation && !h.is_removed() {
-                Metrics::inc(&broker.metrics.sessions_expired);
-                tracing::debug!(client_id = %h.client_id, "session expired");
-                let state = h.take_parked().unwrap_or_default();
-                broker.end_session(&h, state);
+                Due::Expiry => {
+                    // A connect of this client id holds the lock while it takes the session over or resumes it;
+                    // look again shortly (its attach cancels this deadline if it wins).
+                    let Ok(_serial) = h.connect_lock.try_lock() else {
+                        self.timers.retry_expiry(&h, generation, now + EXPIRY_RETRY);
+                        continue;
+                    };
+                    if h.generation() == generation && !h.is_removed() {
+                        Metrics::inc(&self.metrics.sessions_expired);
+                        tracing::debug!(client_id = %h.client_id, "session expired");
+                        let state = h.take_parked().unwrap_or_default();
+                        self.end_session(&h, state, now);
+                    }
+                }
             }
-        });
+        }
     }
 
     /// The session is over: it leaves the registry and the router; unfinished shared messages go to other
     /// members, everything else it held is dropped and counted.
-    fn end_session(&self, handle: &Arc<SessionHandle>, state: SessionState) {
+    fn end_session(&self, handle: &Arc<SessionHandle>, state: SessionState, now: Instant) {
         // A will still waiting for its delay goes now: the session is over [MQTT-3.1.3-9].
         if let Some(w) = handle.take_pending_will() {
-            self.publish_will(handle, w);
+            self.publish_will(handle, w, now);
         }
+        self.timers.cancel(handle.id);
         handle.mark_removed();
         let mut filters: Vec<String> = state.subscriptions.keys().cloned().collect();
         filters.extend(handle.parked_subscriptions());
@@ -471,14 +509,14 @@ impl Broker {
         self.registry.remove(handle);
     }
 
-    pub(crate) fn publish_will(&self, handle: &SessionHandle, w: Will) {
+    pub(crate) fn publish_will(&self, handle: &SessionHandle, w: Will, now: Instant) {
         Metrics::inc(&self.metrics.wills_published);
         tracing::debug!(client_id = %handle.client_id, topic = %w.topic, "publishing will message");
-        self.publish(self.will_message(handle, w));
+        self.publish(self.will_message(handle, w, now));
     }
 
-    pub(crate) fn will_message(&self, handle: &SessionHandle, w: Will) -> Arc<Message> {
-        let now = Instant::now();
+    /// The will as a message; its Message Expiry Interval counts from `now`, when it is published.
+    pub(crate) fn will_message(&self, handle: &SessionHandle, w: Will, now: Instant) -> Arc<Message> {
         Arc::new(Message {
             id: self.new_message_id(),
             topic: w.topic,

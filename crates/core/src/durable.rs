@@ -146,14 +146,14 @@ impl Broker {
                 expired += 1;
                 // Published once every session is back, so that restored subscribers get it too.
                 if let Some(w) = will {
-                    due_wills.push(self.will_message(&handle, w));
+                    due_wills.push(self.will_message(&handle, w, started));
                 }
                 self.registry.remove(&handle);
                 ops.push(Op::DeleteSession { client: handle.client_id.clone() });
                 continue;
             }
             // Inbound QoS 2 ids count from now: their age only matters for the v3 `await_rel_timeout`.
-            let restored_at = std::time::Instant::now();
+            let restored_at = started;
             let mut state = SessionState {
                 subscriptions: rec.subscriptions.clone(),
                 awaiting_rel: rec.awaiting_rel.iter().map(|id| (*id, restored_at)).collect(),
@@ -225,14 +225,14 @@ impl Broker {
                     will_delay_ms = Some(left);
                 }
             }
-            self.schedule_offline(&handle, generation, will_delay_ms, left_ms);
+            self.arm_offline(&handle, generation, restored_at, will_delay_ms, left_ms);
             restored += 1;
         }
         if let Err(e) = self.submit(ops) {
             tracing::error!(error = %e, "cannot remove expired sessions from the store");
         }
         for (handle, w) in due_wills_now {
-            self.publish_will(&handle, w);
+            self.publish_will(&handle, w, started);
             self.forget_stored_will(&handle);
         }
         for m in due_wills {

@@ -15,6 +15,7 @@ pub mod retainer;
 pub mod router;
 pub mod session;
 pub mod shared;
+mod timers;
 
 pub use broker::Broker;
 pub use message::{Delivery, Message};

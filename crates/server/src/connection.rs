@@ -308,7 +308,7 @@ impl Link {
         } else {
             tracing::debug!(why = %close.why, code = ?close.reason_code, ?peer, "connection closed");
         }
-        self.conn.close(&close);
+        self.conn.close(&close, Instant::now());
         // The session is parked: a takeover waiting on us may proceed now, not after the linger below.
         drop(self.control_rx);
         // Boxed: its 4 KiB discard buffer would otherwise be part of every connection's future.
@@ -341,7 +341,7 @@ async fn take_over(
         Some(c) => c,
         None => conn.on_takeover(resume),
     };
-    conn.close(&close);
+    conn.close(&close, Instant::now());
     let _ = done.send(());
     close
 }
@@ -473,7 +473,8 @@ async fn feed(
             tracing::Span::current().record("client_id", &*req.client_id);
             // Boxed: this runs once per connection, and inlined it would enlarge every idle connection's future.
             let attached =
-                Box::pin(broker.attach(&req.client_id, req.clean_start, req.expiry_interval, zone, tx)).await;
+                Box::pin(broker.attach(&req.client_id, req.clean_start, req.expiry_interval, zone, tx, Instant::now()))
+                    .await;
             conn.on_attached(req, attached, Instant::now());
         }
     }
@@ -636,7 +637,7 @@ mod tests {
         assert_eq!(Metrics::get(&broker.metrics.messages_received), received, "the old connection has not run yet");
         // The reconnect's attach, without yielding to the old connection before its takeover request is sent.
         let (tx, _control) = oneshot::channel();
-        let attached = broker.attach("racer", false, 7200, &zone, tx).await;
+        let attached = broker.attach("racer", false, 7200, &zone, tx, Instant::now()).await;
         assert!(attached.present, "the session was resumed");
         assert_eq!(Metrics::get(&broker.metrics.messages_received), received + 1, "the PUBLISH was processed");
         assert_eq!(Metrics::get(&broker.metrics.wills_published), 0, "DISCONNECT discarded the will");

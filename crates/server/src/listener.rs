@@ -60,7 +60,7 @@ impl Server {
 pub async fn start(broker: Arc<Broker>) -> Result<Server, ServerError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut local_addrs = BTreeMap::new();
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(engine_timers(broker.clone()))];
     for (name, l) in broker.config.listeners.tcp.iter().filter(|(_, l)| l.enable) {
         let zone = broker
             .config
@@ -79,6 +79,22 @@ pub async fn start(broker: Arc<Broker>) -> Result<Server, ServerError> {
         tasks.push(tokio::spawn(accept));
     }
     Ok(Server { local_addrs, broker, shutdown, tasks })
+}
+
+/// Drives the engine's deadlines (will delays, session expiry) with the real clock: the engine reads none.
+async fn engine_timers(broker: Arc<Broker>) {
+    loop {
+        let changed = broker.timeouts_changed().notified();
+        match broker.next_timeout() {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => broker.handle_timeout(std::time::Instant::now()),
+                    _ = changed => {}
+                }
+            }
+            None => changed.await,
+        }
+    }
 }
 
 async fn accept_loop(

@@ -296,7 +296,7 @@ impl Conn {
     }
 
     /// Ends the connection: writes the DISCONNECT a v5 client is owed, and gives the session back to the broker.
-    pub fn close(&mut self, close: &Close) {
+    pub fn close(&mut self, close: &Close, now: Instant) {
         if matches!(self.phase, Phase::Closed) {
             return;
         }
@@ -315,7 +315,7 @@ impl Conn {
         if let Some(handle) = self.session.take() {
             let will = if close.publish_will { self.will.take().map(|w| *w) } else { None };
             let state = std::mem::take(&mut self.state);
-            self.broker.detach(&handle, state, will, close.detach);
+            self.broker.detach(&handle, state, will, close.detach, now);
         }
     }
 

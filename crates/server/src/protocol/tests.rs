@@ -32,7 +32,7 @@ async fn connected(b: &Arc<Broker>, v: ProtocolVersion, id: &str, keep_alive: u1
     let mut c = Conn::new(b.clone(), zone.clone(), t0);
     let Step::Attach(req) = c.handle(connect(v, id, keep_alive), t0) else { panic!("CONNECT accepted") };
     let (tx, _rx) = oneshot::channel();
-    let a = b.attach(&req.client_id, req.clean_start, req.expiry_interval, &zone, tx).await;
+    let a = b.attach(&req.client_id, req.clean_start, req.expiry_interval, &zone, tx, t0).await;
     c.on_attached(req, a, t0);
     c
 }
@@ -140,7 +140,7 @@ async fn connect_packet_through(b: &Arc<Broker>, p: Packet, t0: Instant) -> (Con
     let mut conn = Conn::new(b.clone(), zone.clone(), t0);
     let Step::Attach(req) = conn.handle(p, t0) else { panic!("CONNECT accepted") };
     let (tx, _rx) = oneshot::channel();
-    let a = b.attach(&req.client_id, req.clean_start, req.expiry_interval, &zone, tx).await;
+    let a = b.attach(&req.client_id, req.clean_start, req.expiry_interval, &zone, tx, t0).await;
     conn.on_attached(req, a, t0);
     let out = drain(&mut conn, v);
     (conn, out)
@@ -174,7 +174,7 @@ async fn mqtt31_connack_never_sets_session_present() {
     let t0 = Instant::now();
     for (v, id, expect_present) in [(ProtocolVersion::V3, "p31", false), (ProtocolVersion::V4, "p311", true)] {
         let (mut c, _) = connect_packet_through(&b, connect_with(v, id, false, |_| {}), t0).await;
-        c.close(&Close::lost("test"));
+        c.close(&Close::lost("test"), t0);
         let (_c, out) = connect_packet_through(&b, connect_with(v, id, false, |_| {}), t0).await;
         assert!(
             matches!(out.as_slice(), [Packet::ConnAck(a)] if a.session_present == expect_present && a.reason_code == 0),
@@ -231,7 +231,7 @@ async fn publish_to_a_share_topic_is_refused_not_lost() {
             panic!("{v:?}: refused")
         };
         assert_eq!(close.reason_code, Some(rc::TOPIC_NAME_INVALID));
-        c.close(&close);
+        c.close(&close, t0);
         let out = drain(&mut c, v);
         assert!(!out.iter().any(|p| matches!(p, Packet::PubAck(_))), "{v:?}: never acknowledged: {out:?}");
         if v.is_v5() {
