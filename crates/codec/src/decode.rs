@@ -48,7 +48,8 @@ pub fn decode(
         return Err(DecodeError::TooLarge { size, max: max_packet_size });
     }
     if buf.len() < size {
-        buf.reserve(size - buf.len());
+        // Nothing is reserved for the announced length: the buffer grows with the bytes that arrive, so a client
+        // announcing 1 MB and sending 10 bytes costs 10 bytes, not 1 MB.
         return Ok(None);
     }
     let mut body = buf.split_to(size).freeze();

@@ -470,3 +470,14 @@ fn topic_alias_0_is_left_to_the_server() {
     let Ok(Some(Packet::Publish(p))) = decode_all(&frame(0x30, &[0, 0, 3, 0x23, 0, 0]), V5) else { panic!("PUBLISH") };
     assert_eq!(p.properties.topic_alias, Some(0));
 }
+
+#[test]
+fn an_announced_length_reserves_nothing_until_the_bytes_arrive() {
+    // 5,000 connections each announcing a 1 MB packet and sending 10 bytes must not cost 5 GB: the buffer grows
+    // with what was received, not with what the fixed header announces.
+    let mut buf = BytesMut::from(&[0x30, 0xFF, 0xFF, 0x3F, 0, 3, b'a', b'/', b'b', 1][..]);
+    let before = buf.capacity();
+    assert!(matches!(decode(&mut buf, V4, 2 << 20), Ok(None)));
+    assert_eq!(buf.len(), 10, "nothing consumed");
+    assert_eq!(buf.capacity(), before, "nothing reserved for the announced {} bytes", 0x0F_FFFF);
+}

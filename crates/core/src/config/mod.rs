@@ -148,6 +148,15 @@ pub struct MqttConfig {
     pub shared_subscription_strategy: SharedStrategy,
     /// Topic aliases a client may use towards the broker (Topic Alias Maximum in CONNACK); 0 disables them.
     pub max_topic_alias: u16,
+    /// Bytes of topic names a connection's inbound aliases may hold together (not an EMQX key: 65535 aliases of
+    /// topics up to 64 KiB would otherwise let one client pin 4 GiB). Past it: DISCONNECT 0x97 Quota exceeded.
+    pub max_topic_alias_bytes: ByteSize,
+    /// Subscriptions per session (EMQX's key; EMQX defaults to infinity, Halyard bounds it). Past it: SUBACK 0x97
+    /// Quota exceeded for that filter (MQTT 3.x: 0x80).
+    pub max_subscriptions: usize,
+    /// Bytes of topic filters one session's subscriptions may hold together (not an EMQX key; a filter may be
+    /// 64 KiB long, so a count alone does not bound the memory). Past it: SUBACK 0x97 / 0x80.
+    pub max_subscriptions_bytes: ByteSize,
     /// A connection that sends no CONNECT in this time is closed.
     pub idle_timeout: ConfDuration,
 }
@@ -173,6 +182,9 @@ impl Default for MqttConfig {
             await_rel_timeout: ConfDuration::secs(300),
             shared_subscription_strategy: SharedStrategy::RoundRobin,
             max_topic_alias: 65535,
+            max_topic_alias_bytes: ByteSize(256 * 1024),
+            max_subscriptions: 10_000,
+            max_subscriptions_bytes: ByteSize(4 << 20),
             idle_timeout: ConfDuration::secs(15),
         }
     }
@@ -193,6 +205,9 @@ impl MqttConfig {
         }
         if self.max_inflight == 0 {
             return Err(("max_inflight", "0".into(), "1 to 65535"));
+        }
+        if self.max_subscriptions == 0 {
+            return Err(("max_subscriptions", "0".into(), "1 or more (subscriptions are always bounded)"));
         }
         if self.max_mqueue_len == 0 {
             return Err(("max_mqueue_len", "0".into(), "1 or more (the queue is always bounded)"));

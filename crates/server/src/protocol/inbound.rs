@@ -112,8 +112,18 @@ impl Conn {
                 None => return Err(Close::error(rc::PROTOCOL_ERROR, "unknown topic alias")),
             }
         } else {
+            let budget = usize::try_from(self.zone.max_topic_alias_bytes.0).unwrap_or(usize::MAX);
+            let a = self.aliases.get_or_insert_with(Default::default);
+            let replaced = a.inbound.get(&alias).map_or(0, |t| t.len());
+            let total = a.inbound_bytes - replaced + p.topic.len();
+            if total > budget {
+                // Not the client's protocol error, but more than this broker keeps for one connection [MQTT-4.13].
+                tracing::info!(alias, total, budget, "topic aliases over max_topic_alias_bytes: disconnecting");
+                return Err(Close::error(rc::QUOTA_EXCEEDED, "topic aliases over max_topic_alias_bytes"));
+            }
+            a.inbound_bytes = total;
             // A copy: the topic is a slice of the read buffer, and an alias lives as long as the connection.
-            self.aliases.get_or_insert_with(Default::default).inbound.insert(alias, Utf8::from(p.topic.as_str()));
+            a.inbound.insert(alias, Utf8::from(p.topic.as_str()));
         }
         Ok(())
     }

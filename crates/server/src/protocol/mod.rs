@@ -92,6 +92,8 @@ pub struct Conn {
     limits: ClientLimits,
     /// Session Expiry Interval the client asked for at CONNECT (v5), for the DISCONNECT rule [MQTT-3.14.2-2].
     connect_expiry: u32,
+    /// Bytes of the topic filters of this session's subscriptions, held to `mqtt.max_subscriptions_bytes`.
+    subscription_bytes: usize,
     /// The client connected with a private bridge protocol level (0x83 / 0x84): its subscriptions are no-local
     /// and retain-as-published, so a message it forwarded does not come back to it.
     bridge: bool,
@@ -113,6 +115,8 @@ pub struct Conn {
 struct Aliases {
     /// Client → broker.
     inbound: HashMap<u16, Utf8>,
+    /// Bytes of the topics in `inbound`, held to `mqtt.max_topic_alias_bytes`.
+    inbound_bytes: usize,
     /// Broker → client, as the broker assigned them.
     outbound: HashMap<Utf8, u16>,
 }
@@ -149,6 +153,7 @@ impl Conn {
             },
             connect_expiry: 0,
             bridge: false,
+            subscription_bytes: 0,
             aliases: None,
             batch: Vec::new(),
             congested: Vec::new(),
@@ -401,6 +406,7 @@ impl Conn {
     pub(crate) fn attached(&mut self, a: Attached) {
         self.session = Some(a.handle);
         self.state = a.state;
+        self.subscription_bytes = self.state.subscriptions.keys().map(String::len).sum();
     }
 }
 

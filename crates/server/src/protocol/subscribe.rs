@@ -13,6 +13,7 @@ impl Conn {
         let v5 = self.version.is_v5();
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
+        let mut over_quota = 0usize;
         for (filter, opts) in &s.filters {
             let parsed = match halyard_topic::parse_subscription(filter, self.zone.max_topic_levels) {
                 Ok(p) => p,
@@ -50,7 +51,16 @@ impl Conn {
                 options.no_local = true;
                 options.retain_as_published = true;
             }
+            let replacing = self.state.subscriptions.contains_key(filter.as_str());
+            if !replacing && self.over_subscription_quota(filter.len()) {
+                over_quota += 1;
+                codes.push(if v5 { rc::QUOTA_EXCEEDED } else { v3::SUBACK_FAILURE });
+                continue;
+            }
             let existed = self.broker.subscribe(&session, plain_filter, group, options, sub_id);
+            if !replacing {
+                self.subscription_bytes += filter.len();
+            }
             self.state.subscriptions.insert(filter.to_string(), SubscriptionRecord { options, sub_id });
             codes.push(options.qos as u8);
 
@@ -80,6 +90,15 @@ impl Conn {
                 }
             }
         }
+        if over_quota > 0 {
+            // Once per SUBSCRIBE, not per filter: a client looping over filters must not flood the log.
+            tracing::info!(
+                refused = over_quota,
+                subscriptions = self.state.subscriptions.len(),
+                bytes = self.subscription_bytes,
+                "subscriptions refused: over mqtt.max_subscriptions or mqtt.max_subscriptions_bytes"
+            );
+        }
         self.broker.persist_subscriptions(&session, &self.state);
         // [MQTT-3.8.4-1] SUBACK with the same packet id, one code per filter [MQTT-3.8.4-6].
         self.send_trimmed(Packet::SubAck(SubAck {
@@ -88,6 +107,14 @@ impl Conn {
             reason_codes: codes,
         }));
         Ok(())
+    }
+
+    /// Whether one more subscription of `filter_len` bytes would pass `mqtt.max_subscriptions` or
+    /// `mqtt.max_subscriptions_bytes` (the client is told 0x97 / 0x80 for that filter).
+    fn over_subscription_quota(&self, filter_len: usize) -> bool {
+        let count = self.state.subscriptions.len();
+        let bytes_budget = usize::try_from(self.zone.max_subscriptions_bytes.0).unwrap_or(usize::MAX);
+        count >= self.zone.max_subscriptions || self.subscription_bytes + filter_len > bytes_budget
     }
 
     pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
@@ -101,6 +128,9 @@ impl Conn {
                 continue;
             };
             let removed = self.state.subscriptions.remove(filter.as_str()).is_some();
+            if removed {
+                self.subscription_bytes = self.subscription_bytes.saturating_sub(filter.len());
+            }
             self.broker.unsubscribe(&session, parsed.filter(), parsed.group());
             codes.push(if removed { rc::SUCCESS } else { rc::NO_SUBSCRIPTION_EXISTED });
         }

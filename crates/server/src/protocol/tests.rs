@@ -321,3 +321,60 @@ async fn bridge_protocol_levels_get_no_local_and_retain_as_published() {
     // (br/r arrives first, retained, as the subscription's retained message.)
     assert!(matches!(got.as_slice(), [_, Packet::Publish(p)] if !p.retain && &*p.topic == "br/r2"), "{got:?}");
 }
+
+// --- Bounded per-client state ---
+
+#[tokio::test]
+async fn inbound_topic_aliases_are_held_to_a_byte_budget() {
+    // 65535 aliases of 64 KiB topics would pin 4 GiB for one connection; past max_topic_alias_bytes the client
+    // gets DISCONNECT 0x97 Quota exceeded. Replacing an alias's topic counts only the new one.
+    let b = broker(&[("HALYARD_MQTT__MAX_TOPIC_ALIAS_BYTES", "256KB")]);
+    let t0 = Instant::now();
+    let v = ProtocolVersion::V5;
+    let mut c = connected(&b, v, "aliases", 0, t0).await;
+    drain(&mut c, v);
+    let topic = |i: u16| format!("{i}/{}", "t".repeat(60 * 1024));
+    let with_alias = |topic: &str, alias: u16| {
+        let Packet::Publish(mut p) = publish(topic, QoS::AtMostOnce, None, false) else { unreachable!() };
+        p.properties.topic_alias = Some(alias);
+        Packet::Publish(p)
+    };
+    for i in 1..=4 {
+        assert!(matches!(c.handle(with_alias(&topic(i), i), t0), Step::Continue), "alias {i} fits");
+    }
+    // The same alias again with another topic of the same size: still four topics' worth.
+    assert!(matches!(c.handle(with_alias(&topic(9), 4), t0), Step::Continue));
+    let Step::Close(close) = c.handle(with_alias(&topic(5), 5), t0) else { panic!("fifth 60 KiB alias refused") };
+    assert_eq!(close.reason_code, Some(rc::QUOTA_EXCEEDED));
+}
+
+#[tokio::test]
+async fn subscriptions_are_held_to_max_subscriptions_and_a_byte_budget() {
+    // Past mqtt.max_subscriptions (or max_subscriptions_bytes) a new filter gets 0x97 (v5) / 0x80 (v3); an existing
+    // filter may still be re-subscribed, and an unsubscribe frees its place.
+    let b = broker(&[("HALYARD_MQTT__MAX_SUBSCRIPTIONS", "3"), ("HALYARD_MQTT__MAX_SUBSCRIPTIONS_BYTES", "64")]);
+    let t0 = Instant::now();
+    for v in [ProtocolVersion::V5, ProtocolVersion::V4] {
+        let mut c = connected(&b, v, &format!("subs-{v:?}"), 0, t0).await;
+        drain(&mut c, v);
+        let refused = if v.is_v5() { rc::QUOTA_EXCEEDED } else { 0x80 };
+        let codes = |c: &mut Conn, f: &str| {
+            assert!(matches!(c.handle(subscribe(f, QoS::AtMostOnce), t0), Step::Continue));
+            match drain(c, v).as_slice() {
+                [Packet::SubAck(a)] => a.reason_codes[0],
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(codes(&mut c, "a"), 0);
+        assert_eq!(codes(&mut c, "b"), 0);
+        assert_eq!(codes(&mut c, "c"), 0);
+        assert_eq!(codes(&mut c, "d"), refused, "{v:?}: a fourth filter");
+        assert_eq!(codes(&mut c, "a"), 0, "{v:?}: re-subscribing an existing filter");
+        let u =
+            halyard_codec::Unsubscribe { packet_id: 2, properties: Default::default(), filters: vec![Utf8::from("c")] };
+        c.handle(Packet::Unsubscribe(u), t0);
+        drain(&mut c, v);
+        assert_eq!(codes(&mut c, &"x".repeat(63)), refused, "{v:?}: 1 + 1 + 63 bytes is over 64");
+        assert_eq!(codes(&mut c, &"x".repeat(62)), 0, "{v:?}: 64 bytes fit");
+    }
+}
