@@ -121,7 +121,8 @@ pub enum Op {
         /// The encoded session.
         data: Bytes,
     },
-    /// Removes the session of `client` and all of its queue entries (their references are released).
+    /// Removes the session of `client`, all of its queue entries (their references are released) and
+    /// all of its packet ids awaiting PUBREL.
     DeleteSession {
         /// Client id.
         client: Arc<str>,
@@ -138,6 +139,22 @@ pub enum Op {
         /// Topic name.
         topic: Arc<str>,
     },
+    /// Records that `client` received a QoS 2 PUBLISH with `packet_id` and awaits its PUBREL. Kept
+    /// apart from the session blob so that recording one id does not rewrite the whole session
+    /// (subscriptions included). Putting an id that is already recorded is a no-op.
+    PutAwaitingRel {
+        /// Client id.
+        client: Arc<str>,
+        /// The inbound packet id.
+        packet_id: u16,
+    },
+    /// Forgets `packet_id` of `client` (its PUBREL arrived); no-op if absent.
+    DeleteAwaitingRel {
+        /// Client id.
+        client: Arc<str>,
+        /// The inbound packet id.
+        packet_id: u16,
+    },
 }
 
 /// What the store holds at start-up, without the queue contents (read those with
@@ -153,6 +170,8 @@ pub struct Restored {
     pub next_message_id: u64,
     /// For each client with at least one queue entry: (number of entries, highest seq).
     pub queue_lens: HashMap<String, (u64, u64)>,
+    /// For each client with at least one inbound QoS 2 packet id awaiting PUBREL: those ids, ascending.
+    pub awaiting_rel: HashMap<String, Vec<u16>>,
 }
 
 /// One queue entry as [`Store::load_queue`] returns it: `(seq, meta, message id, message blob)`.

@@ -29,6 +29,11 @@ pub(crate) const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::n
 pub(crate) const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// topic → retained message blob
 pub(crate) const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// (client id, packet id) → nothing: inbound QoS 2 packet ids awaiting PUBREL. Added after layout
+/// version 2 was first written, without a version bump: a file without this table is the same layout
+/// with no ids recorded, `init_tables` creates the table, and read paths that run without it (`check`
+/// on an older file) treat it as empty. A build from before the table ignores it.
+pub(crate) const AWAITING_REL: TableDefinition<(&str, u16), ()> = TableDefinition::new("awaiting_rel");
 /// META_FORMAT and META_NEXT_ID
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const META_FORMAT: &str = "format_version";
@@ -225,8 +230,22 @@ fn init_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
         txn.open_table(QUEUE).map_err(|x| e(x.into()))?;
         txn.open_table(SESSIONS).map_err(|x| e(x.into()))?;
         txn.open_table(RETAINED).map_err(|x| e(x.into()))?;
+        // Created here in a file written before the table existed (see AWAITING_REL).
+        txn.open_table(AWAITING_REL).map_err(|x| e(x.into()))?;
     }
     txn.commit().map_err(|x| e(x.into()))
+}
+
+type AwaitingRelRead = redb::ReadOnlyTable<(&'static str, u16), ()>;
+
+/// The packet ids awaiting PUBREL in a read transaction; `None` in a file written before the table
+/// existed (only `check` reads a file without first creating it).
+fn read_awaiting_rel(txn: &redb::ReadTransaction) -> Result<Option<AwaitingRelRead>, redb::TableError> {
+    match txn.open_table(AWAITING_REL) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 impl RedbStore {
@@ -498,6 +517,19 @@ fn restore_from(db: &Database, path: &Path) -> Result<Restored, StoreError> {
         if let Some((c, len, max)) = current {
             r.queue_lens.insert(c, (len, max));
         }
+        if let Some(table) = read_awaiting_rel(&txn).map_err(|x| e(x.into()))? {
+            // Keys are ordered by (client, id), so each client's ids come out ascending.
+            for item in table.iter().map_err(|x| e(x.into()))? {
+                let (k, _) = item.map_err(|x| e(x.into()))?;
+                let (client, id) = k.value();
+                match r.awaiting_rel.get_mut(client) {
+                    Some(ids) => ids.push(id),
+                    None => {
+                        r.awaiting_rel.insert(client.to_string(), vec![id]);
+                    }
+                }
+            }
+        }
         let meta = txn.open_table(META).map_err(|x| e(x.into()))?;
         let stored_next = meta.get(META_NEXT_ID).map_err(|x| e(x.into()))?.map(|g| g.value()).unwrap_or(1);
         let messages = txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
@@ -517,7 +549,8 @@ pub(crate) fn walk(db: &Database, path: &Path) -> Result<Walk, StoreError> {
     let meta = txn.open_table(META).map_err(|x| e(x.into()))?;
     w.report.format_version = meta.get(META_FORMAT).map_err(|x| e(x.into()))?.map(|g| g.value()).unwrap_or(0);
     w.report.next_message_id = meta.get(META_NEXT_ID).map_err(|x| e(x.into()))?.map(|g| g.value()).unwrap_or(0);
-    w.report.sessions = txn.open_table(SESSIONS).map_err(|x| e(x.into()))?.len().map_err(|x| e(x.into()))?;
+    let sessions = txn.open_table(SESSIONS).map_err(|x| e(x.into()))?;
+    w.report.sessions = sessions.len().map_err(|x| e(x.into()))?;
     w.report.retained = txn.open_table(RETAINED).map_err(|x| e(x.into()))?.len().map_err(|x| e(x.into()))?;
     let messages = txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
     for item in messages.iter().map_err(|x| e(x.into()))? {
@@ -531,6 +564,23 @@ pub(crate) fn walk(db: &Database, path: &Path) -> Result<Walk, StoreError> {
         let (client, bucket) = k.value();
         for entry in buckets::decode(path, client, bucket, v.value())? {
             w.entry(client, entry.seq, entry.msg);
+        }
+    }
+    if let Some(table) = read_awaiting_rel(&txn).map_err(|x| e(x.into()))? {
+        // Ids are grouped by client: look each client's session up once.
+        let mut last: Option<(String, bool)> = None;
+        for item in table.iter().map_err(|x| e(x.into()))? {
+            let (k, _) = item.map_err(|x| e(x.into()))?;
+            let (client, id) = k.value();
+            let has_session = match &last {
+                Some((c, has)) if c == client => *has,
+                _ => {
+                    let has = sessions.get(client).map_err(|x| e(x.into()))?.is_some();
+                    last = Some((client.to_string(), has));
+                    has
+                }
+            };
+            w.awaiting_rel(client, id, has_session);
         }
     }
     Ok(w)
@@ -644,6 +694,7 @@ fn commit(db: &Database, shared: &Shared, batches: &[Batch], durable: bool) -> R
             buckets: BucketCache::default(),
             sessions: txn.open_table(SESSIONS).map_err(|x| e("open table", x.into()))?,
             retained: txn.open_table(RETAINED).map_err(|x| e("open table", x.into()))?,
+            awaiting_rel: txn.open_table(AWAITING_REL).map_err(|x| e("open table", x.into()))?,
             meta: txn.open_table(META).map_err(|x| e("open table", x.into()))?,
         };
         apply(&mut t, batches.iter().map(|b| b.ops.as_slice()))?
@@ -669,6 +720,7 @@ pub(crate) struct RedbTables<'t> {
     pub buckets: BucketCache,
     pub sessions: redb::Table<'t, &'static str, &'static [u8]>,
     pub retained: redb::Table<'t, &'static str, &'static [u8]>,
+    pub awaiting_rel: redb::Table<'t, (&'static str, u16), ()>,
     pub meta: redb::Table<'t, &'static str, u64>,
 }
 
@@ -719,6 +771,18 @@ impl Tables for RedbTables<'_> {
     }
     fn session_remove(&mut self, client: &str) -> Result<(), StoreError> {
         self.sessions.remove(client).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn awaiting_rel_put(&mut self, client: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.awaiting_rel.insert((client, packet_id), ()).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn awaiting_rel_remove(&mut self, client: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.awaiting_rel.remove((client, packet_id)).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn awaiting_rel_remove_client(&mut self, client: &str) -> Result<(), StoreError> {
+        self.awaiting_rel.retain_in((client, 0)..=(client, u16::MAX), |_, _| false).map_err(|x| werr(self.path, x))?;
         Ok(())
     }
     fn retained_put(&mut self, topic: &str, data: &Bytes) -> Result<(), StoreError> {
