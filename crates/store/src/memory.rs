@@ -173,6 +173,11 @@ impl Store for MemoryStore {
         self.committed.load(Ordering::Acquire)
     }
 
+    fn backlog(&self) -> usize {
+        // Every submit commits before it returns.
+        0
+    }
+
     fn commits(&self) -> watch::Receiver<u64> {
         self.watch.subscribe()
     }
