@@ -85,7 +85,10 @@ impl Broker {
         Broker::with_store(config, Arc::new(MemoryStore::new()), 1)
     }
 
-    pub(crate) fn with_store(config: Config, store: Arc<dyn Store>, next_message_id: u64) -> Arc<Broker> {
+    /// A broker on `store`, with message ids starting at `next_message_id` (at least 1). Nothing is restored
+    /// from the store: `Broker::open` (the binary) restores first, and tests use this directly, e.g. on a
+    /// `halyard_store::testing::FaultyStore` to hold back or fail commits.
+    pub fn with_store(config: Config, store: Arc<dyn Store>, next_message_id: u64) -> Arc<Broker> {
         Arc::new(Broker {
             config: Arc::new(config),
             registry: Registry::default(),

@@ -61,6 +61,8 @@ mod check;
 mod error;
 mod memory;
 mod redb_store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::HashMap;
 use std::sync::Arc;
