@@ -90,7 +90,10 @@ impl Broker {
         Broker::with_store(config, Arc::new(MemoryStore::new()), 1)
     }
 
-    pub(crate) fn with_store(config: Config, store: Arc<dyn Store>, next_message_id: u64) -> Arc<Broker> {
+    /// A broker on `store`, with message ids starting at `next_message_id` (at least 1). Nothing is restored
+    /// from the store: `Broker::open` (the binary) restores first, and tests use this directly, e.g. on a
+    /// `halyard_store::testing::FaultyStore` to hold back or fail commits.
+    pub fn with_store(config: Config, store: Arc<dyn Store>, next_message_id: u64) -> Arc<Broker> {
         Arc::new(Broker {
             config: Arc::new(config),
             registry: Registry::default(),
@@ -136,17 +139,31 @@ impl Broker {
             disconnected_at_ms: if offline { persist::unix_ms_now() } else { 0 },
             subscriptions: state.subscriptions.clone(),
             will: will.map(Into::into),
-            awaiting_rel: state.awaiting_rel_ids(),
+            // The store's awaiting_rel table holds these ids now; a list here could only go stale.
+            awaiting_rel: Vec::new(),
         };
         handle.mark_stored();
         Op::PutSession { client: handle.client_id.clone(), data: persist::encode_session(&rec) }
     }
 
-    /// The record op that stores a persistent session's inbound QoS 2 ids awaiting PUBREL (with the rest of
-    /// its record); none for other sessions. Without it, a restart would route a resent PUBLISH again (a
-    /// duplicate) or, worse, take a new PUBLISH reusing a released id for a resend and drop it.
-    pub fn awaiting_rel_op(&self, handle: &SessionHandle, state: &SessionState) -> Option<Op> {
-        handle.is_persistent().then(|| self.session_record(handle, state, None, false))
+    /// The op that stores an inbound QoS 2 packet id of a persistent session as awaiting PUBREL; none for
+    /// other sessions. Without it, a restart would route a resent PUBLISH again (a duplicate). One small
+    /// row, not the session record: a session with many subscriptions would otherwise rewrite all of them
+    /// for every QoS 2 message it publishes.
+    pub fn awaiting_rel_put(&self, handle: &SessionHandle, packet_id: u16) -> Option<Op> {
+        if !handle.is_persistent() {
+            return None;
+        }
+        // So that the session's end writes a DeleteSession, which also removes this id.
+        handle.mark_stored();
+        Some(Op::PutAwaitingRel { client: handle.client_id.clone(), packet_id })
+    }
+
+    /// The op that forgets an inbound QoS 2 packet id once its PUBREL arrived (persistent sessions only).
+    /// PUBCOMP must wait for it: the client may reuse the id right after, and a restart that still
+    /// remembered it would take the new PUBLISH for a resend and drop it.
+    pub fn awaiting_rel_delete(&self, handle: &SessionHandle, packet_id: u16) -> Option<Op> {
+        handle.is_persistent().then(|| Op::DeleteAwaitingRel { client: handle.client_id.clone(), packet_id })
     }
 
     /// Stores the session's subscriptions after SUBSCRIBE/UNSUBSCRIBE (persistent sessions only).
@@ -173,7 +190,8 @@ impl Broker {
     /// `publish` for a client's PUBLISH: sessions whose backlog asks the publisher to hold back are appended to
     /// `congested`. The message is stored once for all persistent sessions it is queued for (and as the retained
     /// message of its topic) in one store submission, whose ticket the acknowledgement waits for.
-    /// `with` are ops committed atomically with the message (the publisher's session record for QoS 2).
+    /// `with` are ops committed atomically with the message (for QoS 2, the publisher's packet id awaiting
+    /// PUBREL).
     pub fn publish_into(&self, msg: Arc<Message>, with: Vec<Op>, congested: &mut Vec<Arc<SessionHandle>>) -> Published {
         let retained = msg.retain && self.config.mqtt.retain_available;
         if retained {
@@ -393,13 +411,14 @@ impl Broker {
 
     /// Rewrites an offline session's record without its will (once the will is published).
     pub(crate) fn forget_stored_will(&self, handle: &SessionHandle) {
-        if let Some((subscriptions, awaiting_rel)) = handle.parked_records() {
+        if let Some(subscriptions) = handle.parked_subscription_records() {
             let rec = SessionRecord {
                 expiry_interval: handle.expiry_interval(),
                 disconnected_at_ms: handle.offline_since(),
                 subscriptions,
                 will: None,
-                awaiting_rel,
+                // Kept in the store's awaiting_rel table (see `session_record`).
+                awaiting_rel: Vec::new(),
             };
             let op = Op::PutSession { client: handle.client_id.clone(), data: persist::encode_session(&rec) };
             self.submit_logged(vec![op]);

@@ -114,7 +114,7 @@ impl Broker {
         seqs.iter().filter_map(|s| found.remove(s)).collect()
     }
 
-    fn restore(self: &Arc<Self>, r: Restored) -> Result<(), Corrupt> {
+    fn restore(self: &Arc<Self>, mut r: Restored) -> Result<(), Corrupt> {
         let started = Instant::now();
         for (_, blob) in r.retained {
             // Retained copies are not queue messages: id 0, they are never enqueued from here.
@@ -154,11 +154,18 @@ impl Broker {
             }
             // Inbound QoS 2 ids count from now: their age only matters for the v3 `await_rel_timeout`.
             let restored_at = started;
-            let mut state = SessionState {
-                subscriptions: rec.subscriptions.clone(),
-                awaiting_rel: rec.awaiting_rel.iter().map(|id| (*id, restored_at)).collect(),
-                ..Default::default()
-            };
+            // The store's table, plus the list a record written before the table existed may still carry.
+            let table_ids = r.awaiting_rel.remove(&client).unwrap_or_default();
+            let mut awaiting_rel: HashMap<u16, Instant> = table_ids.iter().map(|id| (*id, restored_at)).collect();
+            for id in &rec.awaiting_rel {
+                if awaiting_rel.insert(*id, restored_at).is_none() {
+                    // Moved into the table: the record is rewritten without its list (on reconnect, say), and
+                    // the id must survive that. Submitted below, before any listener can rewrite the record.
+                    ops.push(Op::PutAwaitingRel { client: handle.client_id.clone(), packet_id: *id });
+                }
+            }
+            let mut state =
+                SessionState { subscriptions: rec.subscriptions.clone(), awaiting_rel, ..Default::default() };
             for (filter, sub) in &rec.subscriptions {
                 if let Ok(parsed) = halyard_topic::parse_subscription(filter, 0) {
                     let entry = SubEntry { session: handle.clone(), options: sub.options, sub_id: sub.sub_id };
@@ -228,8 +235,15 @@ impl Broker {
             self.arm_offline(&handle, generation, restored_at, will_delay_ms, left_ms);
             restored += 1;
         }
+        // Ids left over belong to no stored session (`halyard ctl store check` reports them): drop them, or a
+        // later session with that client id would inherit them at the next start.
+        for (client, ids) in r.awaiting_rel {
+            let client: Arc<str> = Arc::from(client.as_str());
+            tracing::warn!(client_id = %client, ids = ids.len(), "store: packet ids awaiting PUBREL without a session; removed");
+            ops.extend(ids.into_iter().map(|packet_id| Op::DeleteAwaitingRel { client: client.clone(), packet_id }));
+        }
         if let Err(e) = self.submit(ops) {
-            tracing::error!(error = %e, "cannot remove expired sessions from the store");
+            tracing::error!(error = %e, "cannot update the store after restoring (expired sessions, packet ids)");
         }
         for (handle, w) in due_wills_now {
             self.publish_will(&handle, w, started);
@@ -247,5 +261,53 @@ impl Broker {
             "restored durable state"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persist::SessionRecord;
+    use halyard_store::Store;
+
+    /// A record written before the store's awaiting_rel table still lists its ids: restore takes them with the
+    /// table's, and writes the legacy ones into the table, since records are rewritten without a list now.
+    #[tokio::test]
+    async fn restore_takes_legacy_record_ids_and_table_ids_and_moves_legacy_ones_into_the_table() {
+        let dir = std::env::temp_dir().join(format!("halyard-core-awaiting-rel-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let (store, _) = RedbStore::open(&dir, Fsync::Batch).expect("open");
+            let rec = SessionRecord {
+                expiry_interval: 3600,
+                disconnected_at_ms: persist::unix_ms_now(),
+                awaiting_rel: vec![3, 5],
+                ..Default::default()
+            };
+            let rel = |client: &str, packet_id| Op::PutAwaitingRel { client: Arc::from(client), packet_id };
+            let data = persist::encode_session(&rec);
+            store
+                .submit(vec![
+                    Op::PutSession { client: Arc::from("c"), data },
+                    rel("c", 5),
+                    rel("c", 9),
+                    rel("ghost", 1),
+                ])
+                .expect("submit");
+            store.flush().expect("flush");
+        }
+        let mut config = Config::default();
+        config.node.data_dir = dir.display().to_string();
+        config.durable_sessions.enable = true;
+        let broker = Broker::open(config).expect("broker opens");
+        let handle = broker.registry.get("c").expect("session restored");
+        let state = handle.take_parked().expect("parked state");
+        assert_eq!(state.awaiting_rel_ids(), vec![3, 5, 9], "union of the record's list and the table");
+        broker.store.flush().expect("flush");
+        let r = broker.store.restore().expect("restore");
+        assert_eq!(r.awaiting_rel.get("c"), Some(&vec![3, 5, 9]), "legacy ids are in the table now");
+        assert!(!r.awaiting_rel.contains_key("ghost"), "ids without a session are removed: {:?}", r.awaiting_rel);
+        drop(broker);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

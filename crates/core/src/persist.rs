@@ -182,7 +182,9 @@ pub struct SessionRecord {
     pub disconnected_at_ms: u64,
     pub subscriptions: HashMap<String, SubscriptionRecord>,
     pub will: Option<WillRecord>,
-    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    /// Inbound QoS 2 packet ids awaiting PUBREL, as records written before the store's awaiting_rel table
+    /// kept them. Still decoded (restore adds them to the table's ids), always written empty now: the table
+    /// is the source of truth, and a list here would resurrect ids released after the record was written.
     pub awaiting_rel: Vec<u16>,
 }
 

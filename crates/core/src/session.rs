@@ -406,9 +406,9 @@ impl SessionHandle {
         self.offline_since.load(Ordering::Relaxed)
     }
 
-    /// The subscriptions and inbound QoS 2 ids of the parked (offline) state, to rewrite its record.
-    pub(crate) fn parked_records(&self) -> Option<(HashMap<String, SubscriptionRecord>, Vec<u16>)> {
-        self.parked.lock().as_ref().map(|s| (s.subscriptions.clone(), s.awaiting_rel_ids()))
+    /// The subscriptions of the parked (offline) state, to rewrite its record.
+    pub(crate) fn parked_subscription_records(&self) -> Option<HashMap<String, SubscriptionRecord>> {
+        self.parked.lock().as_ref().map(|s| s.subscriptions.clone())
     }
 
     pub(crate) fn mark_stored(&self) {
@@ -547,7 +547,7 @@ pub struct SessionState {
 }
 
 impl SessionState {
-    /// Inbound QoS 2 ids awaiting PUBREL, in a stable order for the session record.
+    /// Inbound QoS 2 ids awaiting PUBREL, ascending.
     pub fn awaiting_rel_ids(&self) -> Vec<u16> {
         let mut ids: Vec<u16> = self.awaiting_rel.keys().copied().collect();
         ids.sort_unstable();

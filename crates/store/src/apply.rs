@@ -25,6 +25,10 @@ pub(crate) trait Tables {
     fn entries_remove_client(&mut self, client: &str) -> Result<Vec<u64>, StoreError>;
     fn session_put(&mut self, client: &str, data: &Bytes) -> Result<(), StoreError>;
     fn session_remove(&mut self, client: &str) -> Result<(), StoreError>;
+    fn awaiting_rel_put(&mut self, client: &str, packet_id: u16) -> Result<(), StoreError>;
+    fn awaiting_rel_remove(&mut self, client: &str, packet_id: u16) -> Result<(), StoreError>;
+    /// Removes every packet id awaiting PUBREL of `client`.
+    fn awaiting_rel_remove_client(&mut self, client: &str) -> Result<(), StoreError>;
     fn retained_put(&mut self, topic: &str, data: &Bytes) -> Result<(), StoreError>;
     fn retained_remove(&mut self, topic: &str) -> Result<(), StoreError>;
     fn next_message_id(&mut self) -> Result<u64, StoreError>;
@@ -124,6 +128,8 @@ pub(crate) fn apply<'a, T: Tables>(
                 }
                 Op::DeleteSession { client } => {
                     t.session_remove(client)?;
+                    // A new session with this client id must not inherit ids it never received.
+                    t.awaiting_rel_remove_client(client)?;
                     for msg in t.entries_remove_client(client)? {
                         touch(t, &mut touched, fresh_from, msg)?.delta -= 1;
                     }
@@ -133,6 +139,9 @@ pub(crate) fn apply<'a, T: Tables>(
                     t.retained_put(topic, data)?;
                 }
                 Op::DeleteRetained { topic } => t.retained_remove(topic)?,
+                // No blob: `bytes` counts blob bytes only, so these add nothing to it.
+                Op::PutAwaitingRel { client, packet_id } => t.awaiting_rel_put(client, *packet_id)?,
+                Op::DeleteAwaitingRel { client, packet_id } => t.awaiting_rel_remove(client, *packet_id)?,
             }
         }
     }

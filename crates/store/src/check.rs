@@ -8,7 +8,9 @@ use redb::{Durability, ReadableTable};
 
 use crate::buckets::BucketCache;
 use crate::error::from_redb;
-use crate::redb_store::{guarded, open_database, verify_file, walk, QueueTable, MESSAGES, META, META_NEXT_ID, QUEUE};
+use crate::redb_store::{
+    guarded, open_database, verify_file, walk, QueueTable, AWAITING_REL, MESSAGES, META, META_NEXT_ID, QUEUE,
+};
 use crate::{StoreError, FILE_NAME};
 
 /// How many problems a report lists one by one (the counters cover the rest).
@@ -38,6 +40,11 @@ pub struct CheckReport {
     pub sessions: u64,
     /// Retained messages.
     pub retained: u64,
+    /// Inbound QoS 2 packet ids awaiting PUBREL, over all clients.
+    pub awaiting_rel: u64,
+    /// Packet ids awaiting PUBREL of a client that has no session record (nothing would ever release
+    /// them; a new session with that client id would inherit them).
+    pub orphan_awaiting_rel: u64,
     /// Queue entries whose message is not stored (their message is lost).
     pub dangling_entries: u64,
     /// Messages whose stored refcount differs from the number of entries referencing them (but is not 0).
@@ -58,6 +65,7 @@ impl CheckReport {
             && self.refcount_mismatches == 0
             && self.orphan_messages == 0
             && self.ids_above_next == 0
+            && self.orphan_awaiting_rel == 0
     }
 }
 
@@ -74,13 +82,25 @@ impl fmt::Display for CheckReport {
         writeln!(f, "layout version: {}; next message id: {}", self.format_version, self.next_message_id)?;
         writeln!(
             f,
-            "messages: {} ({} bytes); queue entries: {} in {} queues; sessions: {}; retained: {}",
-            self.messages, self.message_bytes, self.queue_entries, self.queues, self.sessions, self.retained
+            "messages: {} ({} bytes); queue entries: {} in {} queues; sessions: {}; retained: {}; \
+             packet ids awaiting PUBREL: {}",
+            self.messages,
+            self.message_bytes,
+            self.queue_entries,
+            self.queues,
+            self.sessions,
+            self.retained,
+            self.awaiting_rel
         )?;
         writeln!(
             f,
-            "dangling entries: {}; refcount mismatches: {}; orphan messages: {}; ids above next id: {}",
-            self.dangling_entries, self.refcount_mismatches, self.orphan_messages, self.ids_above_next
+            "dangling entries: {}; refcount mismatches: {}; orphan messages: {}; ids above next id: {}; \
+             packet ids without a session: {}",
+            self.dangling_entries,
+            self.refcount_mismatches,
+            self.orphan_messages,
+            self.ids_above_next,
+            self.orphan_awaiting_rel
         )?;
         for p in &self.problems {
             writeln!(f, "  {p}")?;
@@ -100,6 +120,8 @@ pub struct RepairReport {
     pub refcounts_fixed: u64,
     /// Messages removed because no entry referenced them.
     pub orphan_messages_removed: u64,
+    /// Packet ids awaiting PUBREL removed because their client has no session record.
+    pub orphan_awaiting_rel_removed: u64,
     /// `Some((old, new))` if the next-message-id high-water mark was raised.
     pub next_message_id_raised: Option<(u64, u64)>,
     /// The state after repairing.
@@ -113,6 +135,7 @@ impl RepairReport {
             || self.dangling_entries_removed > 0
             || self.refcounts_fixed > 0
             || self.orphan_messages_removed > 0
+            || self.orphan_awaiting_rel_removed > 0
             || self.next_message_id_raised.is_some()
     }
 }
@@ -127,6 +150,9 @@ impl fmt::Display for RepairReport {
             "removed {} dangling queue entries and {} orphan messages; fixed {} refcounts",
             self.dangling_entries_removed, self.orphan_messages_removed, self.refcounts_fixed
         )?;
+        if self.orphan_awaiting_rel_removed > 0 {
+            writeln!(f, "removed {} packet ids of clients without a session", self.orphan_awaiting_rel_removed)?;
+        }
         if let Some((old, new)) = self.next_message_id_raised {
             writeln!(f, "raised next message id from {old} to {new}")?;
         }
@@ -146,6 +172,7 @@ pub(crate) struct Walk {
     max_id: Option<u64>,
     last_client: Option<String>,
     dangling: Vec<(String, u64)>,
+    orphan_awaiting_rel: Vec<(String, u16)>,
 }
 
 /// What repair has to change.
@@ -157,6 +184,8 @@ pub(crate) struct Fixes {
     pub refcounts: Vec<(u64, u32)>,
     /// The next-message-id the file should have, if the stored one is too low.
     pub next_message_id: Option<u64>,
+    /// (client, packet id) awaiting PUBREL whose client has no session record.
+    pub orphan_awaiting_rel: Vec<(String, u16)>,
 }
 
 impl Walk {
@@ -188,8 +217,22 @@ impl Walk {
         }
     }
 
+    /// One packet id awaiting PUBREL; `has_session`: whether `client` has a session record.
+    pub fn awaiting_rel(&mut self, client: &str, packet_id: u16, has_session: bool) {
+        self.report.awaiting_rel += 1;
+        if !has_session {
+            self.report.orphan_awaiting_rel += 1;
+            self.problem(|| format!("packet id {packet_id} awaiting PUBREL of {client:?}, which has no session"));
+            self.orphan_awaiting_rel.push((client.to_string(), packet_id));
+        }
+    }
+
     pub fn finish(mut self) -> (CheckReport, Fixes) {
-        let mut fixes = Fixes { dangling: std::mem::take(&mut self.dangling), ..Fixes::default() };
+        let mut fixes = Fixes {
+            dangling: std::mem::take(&mut self.dangling),
+            orphan_awaiting_rel: std::mem::take(&mut self.orphan_awaiting_rel),
+            ..Fixes::default()
+        };
         let mut ids: Vec<(u64, u32)> = self.stored.iter().map(|(id, rc)| (*id, *rc)).collect();
         ids.sort_unstable();
         for (id, stored) in ids {
@@ -242,7 +285,8 @@ pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
 
 /// Repairs `<dir>/halyard.redb` while no broker has it open: redb's own repair and rollback (as in
 /// [`check`]), then removes queue entries whose message is missing, rewrites wrong refcounts, removes
-/// unreferenced messages and raises the next-message-id mark above every stored id, in one fsynced
+/// unreferenced messages, removes packet ids awaiting PUBREL of clients without a session record and
+/// raises the next-message-id mark above every stored id, in one fsynced
 /// transaction. Reports what it changed and the state after.
 ///
 /// Damage redb cannot repair (a bad page that the last commit still uses) gives
@@ -285,6 +329,16 @@ pub fn repair(dir: &Path) -> Result<RepairReport, StoreError> {
                     };
                     messages.insert(*id, (*refcount, data.as_slice())).map_err(|x| e(x.into()))?;
                     out.refcounts_fixed += 1;
+                }
+            }
+            if !fixes.orphan_awaiting_rel.is_empty() {
+                // Opening it in a write transaction also creates the table in a file written before it
+                // existed; harmless (the layout version does not change, see init_tables).
+                let mut ids = txn.open_table(AWAITING_REL).map_err(|x| e(x.into()))?;
+                for (client, id) in &fixes.orphan_awaiting_rel {
+                    if ids.remove((client.as_str(), *id)).map_err(|x| e(x.into()))?.is_some() {
+                        out.orphan_awaiting_rel_removed += 1;
+                    }
                 }
             }
             if let Some(next) = fixes.next_message_id {

@@ -23,10 +23,15 @@
 //!   [`StoreStats::skipped_enqueues`]).
 //!
 //! # Blocking
-//! - `submit` on a [`RedbStore`] blocks only when the writer is 1024 submits behind (bounded channel,
-//!   the backpressure) and never waits for the commit: wait with `committed()`/`commits()`.
+//! - `submit` never blocks (beyond a short mutex) and never waits for the commit: wait with
+//!   `committed()`/`commits()`. It is called from tokio workers, where blocking would stall every
+//!   other connection on the worker, so the writer's queue is unbounded and the backpressure is the
+//!   callers': [`Store::backlog`] counts the submits accepted but not yet committed, and callers that
+//!   can wait should stop submitting while `backlog() >= BACKLOG_HIGH` ([`BACKLOG_HIGH`]) and wait on
+//!   `commits()`.
 //! - `wait(ticket)` blocks until that ticket is committed; `flush` until everything submitted before
-//!   it is committed and fsynced.
+//!   it is committed and fsynced. Both block by design (they are for threads without an async
+//!   runtime, or for a blocking-friendly context).
 //! - `load_queue`, `restore` and `verify` run a read transaction on the caller's thread (disk reads);
 //!   they do not wait for the writer. Call them from a blocking-friendly context
 //!   (`tokio::task::spawn_blocking`) in async code.
@@ -56,6 +61,8 @@ mod check;
 mod error;
 mod memory;
 mod redb_store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -72,6 +79,12 @@ pub const FILE_NAME: &str = "halyard.redb";
 
 /// The on-disk layout version written to the `meta` table; a file with another version is refused.
 pub const FORMAT_VERSION: u64 = 2;
+
+/// The backlog at which submitting should pause: callers that can wait should stop submitting while
+/// [`Store::backlog`] `>= BACKLOG_HIGH` and wait on [`Store::commits`]. `submit` itself never refuses
+/// or blocks for a backlog; this is what keeps the writer's queue (and the memory of its ops) bounded
+/// in effect when the disk cannot keep up.
+pub const BACKLOG_HIGH: usize = 1024;
 
 /// One change to the store. Ops are applied in order; see the crate docs for what is atomic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +134,8 @@ pub enum Op {
         /// The encoded session.
         data: Bytes,
     },
-    /// Removes the session of `client` and all of its queue entries (their references are released).
+    /// Removes the session of `client`, all of its queue entries (their references are released) and
+    /// all of its packet ids awaiting PUBREL.
     DeleteSession {
         /// Client id.
         client: Arc<str>,
@@ -138,6 +152,22 @@ pub enum Op {
         /// Topic name.
         topic: Arc<str>,
     },
+    /// Records that `client` received a QoS 2 PUBLISH with `packet_id` and awaits its PUBREL. Kept
+    /// apart from the session blob so that recording one id does not rewrite the whole session
+    /// (subscriptions included). Putting an id that is already recorded is a no-op.
+    PutAwaitingRel {
+        /// Client id.
+        client: Arc<str>,
+        /// The inbound packet id.
+        packet_id: u16,
+    },
+    /// Forgets `packet_id` of `client` (its PUBREL arrived); no-op if absent.
+    DeleteAwaitingRel {
+        /// Client id.
+        client: Arc<str>,
+        /// The inbound packet id.
+        packet_id: u16,
+    },
 }
 
 /// What the store holds at start-up, without the queue contents (read those with
@@ -153,6 +183,8 @@ pub struct Restored {
     pub next_message_id: u64,
     /// For each client with at least one queue entry: (number of entries, highest seq).
     pub queue_lens: HashMap<String, (u64, u64)>,
+    /// For each client with at least one inbound QoS 2 packet id awaiting PUBREL: those ids, ascending.
+    pub awaiting_rel: HashMap<String, Vec<u16>>,
 }
 
 /// One queue entry as [`Store::load_queue`] returns it: `(seq, meta, message id, message blob)`.
@@ -198,8 +230,8 @@ pub enum Fsync {
 /// The storage interface the broker core uses. All methods are callable from any thread.
 pub trait Store: Send + Sync + 'static {
     /// Queues `ops` for the writer and returns their ticket; they are durable once
-    /// `committed() >= ticket`. Never waits for the commit; may block briefly when the writer is far
-    /// behind (backpressure).
+    /// `committed() >= ticket`. Never blocks and never waits for the commit, however far behind the
+    /// writer is: push back with [`Store::backlog`] and [`BACKLOG_HIGH`].
     ///
     /// Returns [`StoreError::Unavailable`] once a commit has failed (disk full, I/O error): the caller
     /// must then refuse work that needs durability (QoS 1/2).
@@ -207,6 +239,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The highest ticket whose ops are committed (fsynced under [`Fsync::Batch`]).
     fn committed(&self) -> u64;
+
+    /// Submits accepted but not yet committed (`flush` barriers included). Callers that can wait should
+    /// stop submitting while this is at least [`BACKLOG_HIGH`] and wait on [`Store::commits`]. Once the
+    /// store is unavailable it stays at the submits that will never commit.
+    fn backlog(&self) -> usize;
 
     /// A watch channel carrying `committed()` after each commit, for async waiters
     /// (`rx.wait_for(|c| *c >= ticket)`). When the store becomes unavailable (or is closed) the sender

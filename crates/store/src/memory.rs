@@ -1,6 +1,6 @@
 //! The in-memory store: same semantics as the redb one, nothing survives the process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -18,6 +18,8 @@ struct State {
     queue: BTreeMap<String, BTreeMap<u64, (u64, Bytes)>>,
     sessions: BTreeMap<String, Bytes>,
     retained: BTreeMap<String, Bytes>,
+    /// client → inbound QoS 2 ids awaiting PUBREL. Clients without ids are removed.
+    awaiting_rel: BTreeMap<String, BTreeSet<u16>>,
     next_message_id: u64,
     /// The last ticket issued (== committed: every submit commits at once).
     ticket: u64,
@@ -110,6 +112,26 @@ impl Tables for State {
         self.sessions.remove(client);
         Ok(())
     }
+    fn awaiting_rel_put(&mut self, client: &str, packet_id: u16) -> Result<(), StoreError> {
+        if let Some(ids) = self.awaiting_rel.get_mut(client) {
+            ids.insert(packet_id);
+        } else {
+            self.awaiting_rel.insert(client.to_string(), BTreeSet::from([packet_id]));
+        }
+        Ok(())
+    }
+    fn awaiting_rel_remove(&mut self, client: &str, packet_id: u16) -> Result<(), StoreError> {
+        let Some(ids) = self.awaiting_rel.get_mut(client) else { return Ok(()) };
+        ids.remove(&packet_id);
+        if ids.is_empty() {
+            self.awaiting_rel.remove(client);
+        }
+        Ok(())
+    }
+    fn awaiting_rel_remove_client(&mut self, client: &str) -> Result<(), StoreError> {
+        self.awaiting_rel.remove(client);
+        Ok(())
+    }
     fn retained_put(&mut self, topic: &str, data: &Bytes) -> Result<(), StoreError> {
         self.retained.insert(topic.to_string(), data.clone());
         Ok(())
@@ -151,6 +173,11 @@ impl Store for MemoryStore {
         self.committed.load(Ordering::Acquire)
     }
 
+    fn backlog(&self) -> usize {
+        // Every submit commits before it returns.
+        0
+    }
+
     fn commits(&self) -> watch::Receiver<u64> {
         self.watch.subscribe()
     }
@@ -180,6 +207,7 @@ impl Store for MemoryStore {
                 .iter()
                 .filter_map(|(c, q)| Some((c.clone(), (q.len() as u64, *q.keys().next_back()?))))
                 .collect(),
+            awaiting_rel: st.awaiting_rel.iter().map(|(c, ids)| (c.clone(), ids.iter().copied().collect())).collect(),
         })
     }
 
@@ -208,6 +236,12 @@ impl Store for MemoryStore {
         for (client, q) in &st.queue {
             for (seq, (msg, _)) in q {
                 w.entry(client, *seq, *msg);
+            }
+        }
+        for (client, ids) in &st.awaiting_rel {
+            let has_session = st.sessions.contains_key(client);
+            for id in ids {
+                w.awaiting_rel(client, *id, has_session);
             }
         }
         Ok(w.finish().0)

@@ -1,9 +1,9 @@
 //! The durable store: one redb file, one writer thread, group commit.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,14 +29,16 @@ pub(crate) const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::n
 pub(crate) const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// topic → retained message blob
 pub(crate) const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// (client id, packet id) → nothing: inbound QoS 2 packet ids awaiting PUBREL. Added after layout
+/// version 2 was first written, without a version bump: a file without this table is the same layout
+/// with no ids recorded, `init_tables` creates the table, and read paths that run without it (`check`
+/// on an older file) treat it as empty. A build from before the table ignores it.
+pub(crate) const AWAITING_REL: TableDefinition<(&str, u16), ()> = TableDefinition::new("awaiting_rel");
 /// META_FORMAT and META_NEXT_ID
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const META_FORMAT: &str = "format_version";
 pub(crate) const META_NEXT_ID: &str = "next_message_id";
 
-/// Submits the writer may be behind before `submit` blocks. Bounds the memory held by queued ops
-/// (1024 × the caller's batch size) and pushes back on publishers when the disk cannot keep up.
-const CHANNEL_CAPACITY: usize = 1024;
 /// The writer stops gathering once a transaction holds this many ops, so one commit (and the latency
 /// of every ticket in it) stays bounded. A single larger submit is still committed whole.
 const MAX_BATCH_OPS: usize = 10_000;
@@ -49,6 +51,32 @@ struct Batch {
     ops: Vec<Op>,
     /// Commit this batch with fsync even under `Fsync::Off` (`flush`).
     sync: bool,
+}
+
+/// Submits on their way to the writer. Unbounded: `submit` must not block a tokio worker (that would
+/// stall every connection on it), so the bound is the callers' job, through `Store::backlog`.
+#[derive(Default)]
+struct Queue {
+    batches: VecDeque<Batch>,
+    /// The last ticket handed out. Tickets are allocated and pushed under the same lock, so `batches`
+    /// holds them in increasing order: the writer can then publish "everything up to N is committed".
+    last_ticket: u64,
+    /// No more submits: the store is being dropped, or the writer thread has stopped. The writer
+    /// still commits what is queued before it exits.
+    closed: bool,
+    /// The writer is waiting on `queue_cv`. `submit` only notifies then: a notify costs a syscall,
+    /// and under load the writer is busy committing, not waiting.
+    writer_waiting: bool,
+}
+
+/// What the writer takes from the queue next.
+enum Next {
+    /// Submits to commit in one transaction, in ticket order.
+    Batches(Vec<Batch>),
+    /// Nothing queued and unsynced commits are due for their fsync (`Fsync::Off`).
+    SyncDue,
+    /// Nothing queued and the queue is closed.
+    Closed,
 }
 
 #[derive(Default)]
@@ -87,6 +115,12 @@ struct Shared {
     watch_rx: watch::Receiver<u64>,
     counters: Counters,
     fail_next_commit: AtomicBool,
+    queue: Mutex<Queue>,
+    queue_cv: Condvar,
+    /// `Queue::last_ticket`, readable without the queue lock (for `backlog`).
+    issued: AtomicU64,
+    /// The writer holds this while it commits; `hold_writer` takes it so tests can stop the writer.
+    writer_gate: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -133,23 +167,16 @@ impl Shared {
 
 /// The durable [`Store`]: `<dir>/halyard.redb`, written by one writer thread with group commit.
 ///
-/// `submit` hands ops to the writer over a bounded channel (1024 submits; when it is full `submit`
-/// blocks until the writer catches up — that is the backpressure). The writer takes everything queued
-/// (up to 10,000 ops), applies it in one write transaction, commits once (fsync under
-/// [`Fsync::Batch`]) and then publishes the highest ticket. There is no linger timer: while one commit
-/// is fsyncing the next batch accumulates, so batches grow with load and an idle store commits at once.
+/// `submit` appends ops to the writer's queue and returns at once (it never waits for the writer; the
+/// queue is unbounded, and callers push back by watching [`Store::backlog`]). The writer takes
+/// everything queued (up to 10,000 ops), applies it in one write transaction, commits once (fsync
+/// under [`Fsync::Batch`]) and then publishes the highest ticket. There is no linger timer: while one
+/// commit is fsyncing the next batch accumulates, so batches grow with load and an idle store commits
+/// at once.
 pub struct RedbStore {
     shared: Arc<Shared>,
-    /// Ticket allocation and the channel send happen under this lock so that the channel carries
-    /// tickets in increasing order: the writer can then publish "everything up to N is committed".
-    submitter: Mutex<Submitter>,
     db: Arc<Database>,
     writer: Mutex<Option<JoinHandle<()>>>,
-}
-
-struct Submitter {
-    tx: Option<SyncSender<Batch>>,
-    last_ticket: u64,
 }
 
 /// redb's in-process page cache.
@@ -225,8 +252,22 @@ fn init_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
         txn.open_table(QUEUE).map_err(|x| e(x.into()))?;
         txn.open_table(SESSIONS).map_err(|x| e(x.into()))?;
         txn.open_table(RETAINED).map_err(|x| e(x.into()))?;
+        // Created here in a file written before the table existed (see AWAITING_REL).
+        txn.open_table(AWAITING_REL).map_err(|x| e(x.into()))?;
     }
     txn.commit().map_err(|x| e(x.into()))
+}
+
+type AwaitingRelRead = redb::ReadOnlyTable<(&'static str, u16), ()>;
+
+/// The packet ids awaiting PUBREL in a read transaction; `None` in a file written before the table
+/// existed (only `check` reads a file without first creating it).
+fn read_awaiting_rel(txn: &redb::ReadTransaction) -> Result<Option<AwaitingRelRead>, redb::TableError> {
+    match txn.open_table(AWAITING_REL) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 impl RedbStore {
@@ -254,7 +295,6 @@ impl RedbStore {
         let restored = restore_from(&db, &path)?;
         raise_next_id_mark(&db, &path, restored.next_message_id)?;
 
-        let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let (watch_tx, watch_rx) = watch::channel(0);
         let shared = Arc::new(Shared {
             path: path.clone(),
@@ -266,24 +306,23 @@ impl RedbStore {
             watch_rx,
             counters: Counters::default(),
             fail_next_commit: AtomicBool::new(false),
+            queue: Mutex::new(Queue::default()),
+            queue_cv: Condvar::new(),
+            issued: AtomicU64::new(0),
+            writer_gate: Mutex::new(()),
         });
         let writer = {
             let (db, shared) = (db.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("halyard-store-writer".to_string())
-                .spawn(move || writer_loop(db, rx, shared, fsync))
+                .spawn(move || writer_loop(db, shared, fsync))
                 .map_err(|e| StoreError::Io {
                     path: path.clone(),
                     what: "start writer thread",
                     detail: e.to_string(),
                 })?
         };
-        let store = RedbStore {
-            shared,
-            submitter: Mutex::new(Submitter { tx: Some(tx), last_ticket: 0 }),
-            db,
-            writer: Mutex::new(Some(writer)),
-        };
+        let store = RedbStore { shared, db, writer: Mutex::new(Some(writer)) };
         Ok((Arc::new(store), restored))
     }
 
@@ -299,16 +338,31 @@ impl RedbStore {
         self.shared.fail_next_commit.store(true, Ordering::Release);
     }
 
+    /// Test hook: while the returned guard lives, the writer does not start a commit (it may gather
+    /// submits, and finish one already started), so tests can build a backlog deterministically.
+    #[doc(hidden)]
+    pub fn hold_writer(&self) -> impl Drop + '_ {
+        lock(&self.shared.writer_gate)
+    }
+
     fn send(&self, ops: Vec<Op>, sync: bool) -> Result<u64, StoreError> {
         if self.shared.unavailable.load(Ordering::Acquire) {
             return Err(self.shared.unavailable_error());
         }
-        let mut s = lock(&self.submitter);
-        let ticket = s.last_ticket + 1;
-        let Some(tx) = s.tx.as_ref() else { return Err(self.shared.unavailable_error()) };
-        // Blocks while the channel is full: the backpressure.
-        tx.send(Batch { ticket, ops, sync }).map_err(|_| self.shared.unavailable_error())?;
-        s.last_ticket = ticket;
+        let mut q = lock(&self.shared.queue);
+        if q.closed {
+            drop(q);
+            return Err(self.shared.unavailable_error());
+        }
+        let ticket = q.last_ticket + 1;
+        q.last_ticket = ticket;
+        q.batches.push_back(Batch { ticket, ops, sync });
+        self.shared.issued.store(ticket, Ordering::Release);
+        let wake = std::mem::take(&mut q.writer_waiting);
+        drop(q);
+        if wake {
+            self.shared.queue_cv.notify_one();
+        }
         self.shared.counters.submits.fetch_add(1, Ordering::Relaxed);
         Ok(ticket)
     }
@@ -332,9 +386,10 @@ pub(crate) fn guarded<R>(
 
 impl Drop for RedbStore {
     fn drop(&mut self) {
-        // Closing the channel lets the writer commit what is queued and exit; joining it releases the
+        // Closing the queue lets the writer commit what is queued and exit; joining it releases the
         // file (redb holds a lock on it) before `drop` returns, so the directory can be reopened at once.
-        lock(&self.submitter).tx.take();
+        lock(&self.shared.queue).closed = true;
+        self.shared.queue_cv.notify_all();
         if let Some(handle) = lock(&self.writer).take() {
             if handle.join().is_err() {
                 tracing::error!(path = %self.shared.path.display(), "store: writer thread panicked");
@@ -350,6 +405,14 @@ impl Store for RedbStore {
 
     fn committed(&self) -> u64 {
         self.shared.committed.load(Ordering::Acquire)
+    }
+
+    fn backlog(&self) -> usize {
+        // Committed first: it never passes the tickets issued, so the difference cannot underflow
+        // (saturating anyway, in case of a reordering this reasoning missed).
+        let committed = self.shared.committed.load(Ordering::Acquire);
+        let issued = self.shared.issued.load(Ordering::Acquire);
+        usize::try_from(issued.saturating_sub(committed)).unwrap_or(usize::MAX)
     }
 
     fn commits(&self) -> watch::Receiver<u64> {
@@ -498,6 +561,19 @@ fn restore_from(db: &Database, path: &Path) -> Result<Restored, StoreError> {
         if let Some((c, len, max)) = current {
             r.queue_lens.insert(c, (len, max));
         }
+        if let Some(table) = read_awaiting_rel(&txn).map_err(|x| e(x.into()))? {
+            // Keys are ordered by (client, id), so each client's ids come out ascending.
+            for item in table.iter().map_err(|x| e(x.into()))? {
+                let (k, _) = item.map_err(|x| e(x.into()))?;
+                let (client, id) = k.value();
+                match r.awaiting_rel.get_mut(client) {
+                    Some(ids) => ids.push(id),
+                    None => {
+                        r.awaiting_rel.insert(client.to_string(), vec![id]);
+                    }
+                }
+            }
+        }
         let meta = txn.open_table(META).map_err(|x| e(x.into()))?;
         let stored_next = meta.get(META_NEXT_ID).map_err(|x| e(x.into()))?.map(|g| g.value()).unwrap_or(1);
         let messages = txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
@@ -517,7 +593,8 @@ pub(crate) fn walk(db: &Database, path: &Path) -> Result<Walk, StoreError> {
     let meta = txn.open_table(META).map_err(|x| e(x.into()))?;
     w.report.format_version = meta.get(META_FORMAT).map_err(|x| e(x.into()))?.map(|g| g.value()).unwrap_or(0);
     w.report.next_message_id = meta.get(META_NEXT_ID).map_err(|x| e(x.into()))?.map(|g| g.value()).unwrap_or(0);
-    w.report.sessions = txn.open_table(SESSIONS).map_err(|x| e(x.into()))?.len().map_err(|x| e(x.into()))?;
+    let sessions = txn.open_table(SESSIONS).map_err(|x| e(x.into()))?;
+    w.report.sessions = sessions.len().map_err(|x| e(x.into()))?;
     w.report.retained = txn.open_table(RETAINED).map_err(|x| e(x.into()))?.len().map_err(|x| e(x.into()))?;
     let messages = txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
     for item in messages.iter().map_err(|x| e(x.into()))? {
@@ -533,16 +610,73 @@ pub(crate) fn walk(db: &Database, path: &Path) -> Result<Walk, StoreError> {
             w.entry(client, entry.seq, entry.msg);
         }
     }
+    if let Some(table) = read_awaiting_rel(&txn).map_err(|x| e(x.into()))? {
+        // Ids are grouped by client: look each client's session up once.
+        let mut last: Option<(String, bool)> = None;
+        for item in table.iter().map_err(|x| e(x.into()))? {
+            let (k, _) = item.map_err(|x| e(x.into()))?;
+            let (client, id) = k.value();
+            let has_session = match &last {
+                Some((c, has)) if c == client => *has,
+                _ => {
+                    let has = sessions.get(client).map_err(|x| e(x.into()))?.is_some();
+                    last = Some((client.to_string(), has));
+                    has
+                }
+            };
+            w.awaiting_rel(client, id, has_session);
+        }
+    }
     Ok(w)
 }
 
+/// Waits for submits and takes what is queued, up to `MAX_BATCH_OPS` (at least one submit). With
+/// `sync_due_in`, gives up waiting after that long (an fsync is due under `Fsync::Off`).
+fn next_batches(shared: &Shared, sync_due_in: Option<Duration>) -> Next {
+    let deadline = sync_due_in.map(|d| Instant::now() + d);
+    let mut q = lock(&shared.queue);
+    while q.batches.is_empty() {
+        if q.closed {
+            return Next::Closed;
+        }
+        q.writer_waiting = true;
+        q = match deadline {
+            None => shared.queue_cv.wait(q).unwrap_or_else(|e| e.into_inner()),
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    q.writer_waiting = false;
+                    return Next::SyncDue;
+                }
+                shared.queue_cv.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner()).0
+            }
+        };
+        q.writer_waiting = false;
+    }
+    let mut ops = 0;
+    let mut batches = Vec::new();
+    while ops < MAX_BATCH_OPS {
+        let Some(b) = q.batches.pop_front() else { break };
+        ops += b.ops.len();
+        batches.push(b);
+    }
+    Next::Batches(batches)
+}
+
 /// The writer thread: gathers, applies, commits, publishes.
-fn writer_loop(db: Arc<Database>, rx: Receiver<Batch>, shared: Arc<Shared>, fsync: Fsync) {
-    // Marks the store closed even if this thread panics, so `flush` callers do not wait forever.
+fn writer_loop(db: Arc<Database>, shared: Arc<Shared>, fsync: Fsync) {
+    // Marks the store closed even if this thread panics, so `flush` callers do not wait forever and
+    // `submit` refuses work nobody would commit.
     struct Closed(Arc<Shared>);
     impl Drop for Closed {
         fn drop(&mut self) {
             lock(&self.0.watch_tx).take();
+            {
+                let mut q = lock(&self.0.queue);
+                q.closed = true;
+                // Never committed: drop them rather than hold their memory.
+                q.batches.clear();
+            }
             lock(&self.0.progress).closed = true;
             self.0.progress_cv.notify_all();
         }
@@ -553,43 +687,28 @@ fn writer_loop(db: Arc<Database>, rx: Receiver<Batch>, shared: Arc<Shared>, fsyn
     let mut unsynced = false;
     let mut last_sync = Instant::now();
     loop {
-        let first = if unsynced {
-            match rx.recv_timeout(SYNC_INTERVAL.saturating_sub(last_sync.elapsed())) {
-                Ok(b) => b,
-                Err(RecvTimeoutError::Timeout) => {
-                    // On failure the store is unavailable and nothing more will be written: stop trying.
-                    sync_commit(&db, &shared);
-                    unsynced = false;
-                    last_sync = Instant::now();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
+        let sync_due_in = unsynced.then(|| SYNC_INTERVAL.saturating_sub(last_sync.elapsed()));
+        let batches = match next_batches(&shared, sync_due_in) {
+            Next::Batches(b) => b,
+            Next::SyncDue => {
+                // On failure the store is unavailable and nothing more will be written: stop trying.
+                sync_commit(&db, &shared);
+                unsynced = false;
+                last_sync = Instant::now();
+                continue;
             }
-        } else {
-            match rx.recv() {
-                Ok(b) => b,
-                Err(_) => break,
-            }
+            Next::Closed => break,
         };
-        let mut ops = first.ops.len();
-        let mut batches = vec![first];
-        while ops < MAX_BATCH_OPS {
-            match rx.try_recv() {
-                Ok(b) => {
-                    ops += b.ops.len();
-                    batches.push(b);
-                }
-                Err(_) => break,
-            }
-        }
         if shared.unavailable.load(Ordering::Acquire) {
             // Drained and dropped: these tickets are never reported committed.
             continue;
         }
         let durable = fsync == Fsync::Batch || batches.iter().any(|b| b.sync) || last_sync.elapsed() >= SYNC_INTERVAL;
         let last_ticket = batches.last().map_or(0, |b| b.ticket);
+        let gate = lock(&shared.writer_gate);
         let result = catch_unwind(AssertUnwindSafe(|| commit(&db, &shared, &batches, durable)))
             .unwrap_or_else(|p| Err(corrupt(&shared.path, format!("redb failed during commit: {}", panic_text(&*p)))));
+        drop(gate);
         match result {
             Ok(applied) => {
                 let c = &shared.counters;
@@ -644,6 +763,7 @@ fn commit(db: &Database, shared: &Shared, batches: &[Batch], durable: bool) -> R
             buckets: BucketCache::default(),
             sessions: txn.open_table(SESSIONS).map_err(|x| e("open table", x.into()))?,
             retained: txn.open_table(RETAINED).map_err(|x| e("open table", x.into()))?,
+            awaiting_rel: txn.open_table(AWAITING_REL).map_err(|x| e("open table", x.into()))?,
             meta: txn.open_table(META).map_err(|x| e("open table", x.into()))?,
         };
         apply(&mut t, batches.iter().map(|b| b.ops.as_slice()))?
@@ -669,6 +789,7 @@ pub(crate) struct RedbTables<'t> {
     pub buckets: BucketCache,
     pub sessions: redb::Table<'t, &'static str, &'static [u8]>,
     pub retained: redb::Table<'t, &'static str, &'static [u8]>,
+    pub awaiting_rel: redb::Table<'t, (&'static str, u16), ()>,
     pub meta: redb::Table<'t, &'static str, u64>,
 }
 
@@ -719,6 +840,18 @@ impl Tables for RedbTables<'_> {
     }
     fn session_remove(&mut self, client: &str) -> Result<(), StoreError> {
         self.sessions.remove(client).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn awaiting_rel_put(&mut self, client: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.awaiting_rel.insert((client, packet_id), ()).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn awaiting_rel_remove(&mut self, client: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.awaiting_rel.remove((client, packet_id)).map_err(|x| werr(self.path, x))?;
+        Ok(())
+    }
+    fn awaiting_rel_remove_client(&mut self, client: &str) -> Result<(), StoreError> {
+        self.awaiting_rel.retain_in((client, 0)..=(client, u16::MAX), |_, _| false).map_err(|x| werr(self.path, x))?;
         Ok(())
     }
     fn retained_put(&mut self, topic: &str, data: &Bytes) -> Result<(), StoreError> {

@@ -21,6 +21,10 @@ fn bucket_with(seq: u64, msg: u64) -> Vec<u8> {
     [seq.to_le_bytes().as_slice(), &msg.to_le_bytes(), &0u32.to_le_bytes()].concat()
 }
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// (client, packet id) → nothing: inbound QoS 2 ids awaiting PUBREL (added within layout version 2).
+const AWAITING_REL: TableDefinition<(&str, u16), ()> = TableDefinition::new("awaiting_rel");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 
 /// A store with a few hundred KiB of data spread over many pages; returns what restore saw.
 fn populate(dir: &Path) -> Restored {
@@ -240,4 +244,74 @@ fn open_raises_a_next_id_mark_below_a_stored_message() {
     let report = store.verify().unwrap();
     assert!(report.is_clean(), "{report}");
     assert_eq!((report.messages, report.queue_entries, report.next_message_id), (0, 0, 41), "{report}");
+}
+
+#[test]
+fn check_reports_and_repair_removes_awaiting_rel_ids_without_a_session() {
+    let dir = tmp();
+    {
+        let (store, _) = RedbStore::open(dir.path(), Fsync::Batch).unwrap();
+        store.submit(vec![session("a", "sa"), rel("a", 1), rel("a", 2)]).unwrap();
+        store.flush().unwrap();
+    }
+    // Raw redb: ids of a client whose session record is gone (a build with a bug, a hand edit).
+    {
+        let db = Database::open(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut ids = txn.open_table(AWAITING_REL).unwrap();
+            ids.insert(("ghost", 7), ()).unwrap();
+            ids.insert(("ghost", 8), ()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let broken = check(dir.path()).unwrap();
+    println!("{broken}");
+    assert!(!broken.is_clean(), "{broken}");
+    assert_eq!((broken.awaiting_rel, broken.orphan_awaiting_rel), (4, 2), "{broken}");
+
+    let fixed = repair(dir.path()).unwrap();
+    println!("{fixed}");
+    assert!(fixed.changed());
+    assert_eq!(fixed.orphan_awaiting_rel_removed, 2);
+    assert!(fixed.after.is_clean(), "{}", fixed.after);
+    assert_eq!(fixed.after.awaiting_rel, 2, "the ids of a client with a session stay");
+
+    let (_store, restored) = RedbStore::open(dir.path(), Fsync::Batch).unwrap();
+    assert_eq!(restored.awaiting_rel.len(), 1, "{:?}", restored.awaiting_rel);
+    assert_eq!(restored.awaiting_rel["a"], vec![1, 2]);
+}
+
+/// A file written before the awaiting_rel table existed (same layout version 2, one table fewer): `check`
+/// reads it as having no ids, and `open` adds the table without complaint.
+#[test]
+fn a_version_2_file_without_the_awaiting_rel_table_is_checked_and_opened() {
+    let dir = tmp();
+    {
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("format_version", 2).unwrap();
+            meta.insert("next_message_id", 1).unwrap();
+            txn.open_table(MESSAGES).unwrap();
+            txn.open_table(QUEUE).unwrap();
+            txn.open_table(SESSIONS).unwrap().insert("a", b"sa".as_slice()).unwrap();
+            txn.open_table(RETAINED).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let report = check(dir.path()).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!((report.sessions, report.awaiting_rel), (1, 0), "{report}");
+
+    {
+        let (store, restored) = RedbStore::open(dir.path(), Fsync::Batch).unwrap();
+        assert_eq!(restored.sessions, vec![("a".to_string(), b("sa"))]);
+        assert!(restored.awaiting_rel.is_empty());
+        store.submit(vec![rel("a", 3)]).unwrap();
+        store.flush().unwrap();
+    }
+    let (_store, restored) = RedbStore::open(dir.path(), Fsync::Batch).unwrap();
+    assert_eq!(restored.awaiting_rel["a"], vec![3]);
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use common::*;
-use halyard_store::{Fsync, Op, RedbStore, Store};
+use halyard_store::{Fsync, MemoryStore, Op, RedbStore, Store, BACKLOG_HIGH};
 
 /// 8 threads × 1000 submits each, every submit waiting for its own commit (as a QoS 1 publisher waits for
 /// its PUBACK). Every ticket is committed, and commits are shared.
@@ -86,6 +86,43 @@ fn eight_threads_times_thousand_fire_and_forget_submits() {
     );
     assert!(st.commits < 800, "{st:?}");
     assert_eq!(st.ops, 16_000);
+}
+
+/// With the writer held (it cannot commit), three times BACKLOG_HIGH submits all return at once, in ticket
+/// order, and show up as backlog; released, the writer commits everything queued in one transaction.
+#[test]
+fn submit_never_blocks_and_the_backlog_counts_what_is_not_committed() {
+    let dir = tmp();
+    let (store, _) = RedbStore::open(dir.path(), Fsync::Batch).unwrap();
+    let n = 3 * BACKLOG_HIGH as u64;
+    let held = store.hold_writer();
+    let tickets: Vec<u64> = (1..=n).map(|i| store.submit(vec![put(i, "p"), enq("c", i, i, "m")]).unwrap()).collect();
+    assert_eq!(tickets, (1..=n).collect::<Vec<_>>(), "tickets are consecutive, in submit order");
+    assert_eq!(store.committed(), 0, "the writer is held");
+    assert_eq!(store.backlog(), n as usize);
+    assert!(store.backlog() >= BACKLOG_HIGH, "callers can see they should hold back");
+
+    drop(held);
+    store.flush().unwrap();
+    assert_eq!(store.backlog(), 0);
+    assert_eq!(store.committed(), n + 1, "every submit and the flush barrier");
+    let st = store.stats();
+    // The writer may have gathered a first batch while the submits were coming in (it stops at the held gate
+    // only to commit); everything else was queued by the release and goes in one more transaction (at most
+    // 6,144 ops, under the 10,000-op cap). The flush barrier joins it or commits on its own.
+    assert!(st.commits <= 3, "{st:?}");
+    assert!(st.largest_batch_submits >= n / 2, "{st:?}");
+    assert_eq!(store.restore().unwrap().queue_lens["c"], (n, n));
+    assert!(store.verify().unwrap().is_clean());
+}
+
+#[test]
+fn memory_store_has_no_backlog() {
+    let store = MemoryStore::new();
+    for i in 1..=10 {
+        store.submit(vec![put(i, "p"), enq("c", i, i, "m")]).unwrap();
+        assert_eq!(store.backlog(), 0);
+    }
 }
 
 /// 100,000 messages of 100 bytes (a PutMessage + Enqueue each) from 4 threads with Fsync::Batch.

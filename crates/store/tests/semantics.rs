@@ -201,6 +201,87 @@ fn next_message_id_is_above_every_id_ever_stored() {
     );
 }
 
+fn awaiting_rel_of(s: &dyn Store, client: &str) -> Vec<u16> {
+    s.restore().unwrap().awaiting_rel.get(client).cloned().unwrap_or_default()
+}
+
+#[test]
+fn awaiting_rel_ids_are_put_deleted_and_survive_reopen_sorted() {
+    let after = |s: &dyn Store| {
+        let r = s.restore().unwrap();
+        assert_eq!(r.awaiting_rel.len(), 2, "clients without ids are absent: {:?}", r.awaiting_rel);
+        assert_eq!(r.awaiting_rel["a"], vec![1, 300, 65535], "sorted ascending, numerically");
+        assert_eq!(r.awaiting_rel["ab"], vec![7], "\"a\" is a prefix of \"ab\": their ids do not mix");
+        // Recording ids leaves the session blobs alone.
+        assert_eq!(
+            r.sessions,
+            vec![("a".to_string(), b("sa")), ("ab".to_string(), b("sab")), ("c".to_string(), b("sc"))]
+        );
+        let report = s.verify().unwrap();
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(report.awaiting_rel, 4, "{report}");
+    };
+    both(
+        |s| {
+            submit_wait(s, vec![session("a", "sa"), session("ab", "sab"), session("c", "sc")]);
+            submit_wait(s, vec![rel("a", 300), rel("a", 65535), rel("a", 1), rel("ab", 7), rel("c", 9)]);
+            assert_eq!(awaiting_rel_of(s, "a"), vec![1, 300, 65535]);
+            let bytes = s.stats().bytes_written;
+            // A second put of an id is a no-op; deleting an absent id too; the last id of "c" goes.
+            submit_wait(s, vec![rel("a", 300), unrel("a", 2), unrel("nobody", 1), unrel("c", 9)]);
+            assert_eq!(s.stats().bytes_written, bytes, "ids carry no blob bytes");
+            after(s);
+        },
+        after,
+    );
+}
+
+#[test]
+fn put_then_delete_awaiting_rel_in_one_submit_leaves_nothing() {
+    both(
+        |s| {
+            submit_wait(s, vec![session("a", "sa"), rel("a", 5), unrel("a", 5), rel("a", 6)]);
+            assert_eq!(awaiting_rel_of(s, "a"), vec![6], "ops apply in vector order");
+        },
+        |s| assert_eq!(awaiting_rel_of(s, "a"), vec![6]),
+    );
+}
+
+#[test]
+fn delete_session_removes_its_awaiting_rel_ids() {
+    both(
+        |s| {
+            submit_wait(s, vec![session("a", "sa"), session("b", "sb"), rel("a", 1), rel("a", 2), rel("b", 1)]);
+            submit_wait(s, vec![del_session("a")]);
+            let r = s.restore().unwrap();
+            assert!(!r.awaiting_rel.contains_key("a"), "{:?}", r.awaiting_rel);
+            assert_eq!(r.awaiting_rel["b"], vec![1]);
+            // A new session under the same client id starts without ids.
+            submit_wait(s, vec![session("a", "sa-new")]);
+            assert!(awaiting_rel_of(s, "a").is_empty());
+            assert!(s.verify().unwrap().is_clean());
+        },
+        |s| {
+            let r = s.restore().unwrap();
+            assert!(!r.awaiting_rel.contains_key("a"));
+            assert_eq!(r.awaiting_rel["b"], vec![1]);
+        },
+    );
+}
+
+#[test]
+fn verify_reports_awaiting_rel_ids_without_a_session() {
+    both(
+        |s| {
+            submit_wait(s, vec![session("a", "sa"), rel("a", 1), rel("ghost", 2), rel("ghost", 3)]);
+            let r = s.verify().unwrap();
+            assert!(!r.is_clean(), "{r}");
+            assert_eq!((r.awaiting_rel, r.orphan_awaiting_rel), (3, 2), "{r}");
+        },
+        |s| assert_eq!(s.verify().unwrap().orphan_awaiting_rel, 2),
+    );
+}
+
 #[test]
 fn watch_channel_follows_commits() {
     let dir = tmp();

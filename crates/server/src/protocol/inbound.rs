@@ -82,7 +82,7 @@ impl Conn {
                 // The id is stored in the same commit as the message: a crash between two commits would
                 // otherwise leave a routed message whose resend is routed again, or an id without its message.
                 self.state.awaiting_rel.insert(pid, now);
-                let with = self.awaiting_rel_ops();
+                let with = self.awaiting_rel_put(pid);
                 let routed = self.route(p, now, with);
                 // A refused message (0x97) is not held: its retry must be routed, not answered as a duplicate.
                 if !matches!(routed, Ok((code, _)) if code < 0x80) {
@@ -171,7 +171,7 @@ impl Conn {
         };
         // PUBCOMP once the release is stored: the client may reuse the id right after, and a restart that still
         // remembered it would take the new PUBLISH for a resend and drop it.
-        let op = self.session.as_ref().and_then(|s| self.broker.awaiting_rel_op(s, &self.state));
+        let op = self.session.as_ref().and_then(|s| self.broker.awaiting_rel_delete(s, a.packet_id));
         let ticket = match op {
             None => 0,
             Some(op) => match self.broker.submit(vec![op]) {
@@ -189,10 +189,10 @@ impl Conn {
         Ok(())
     }
 
-    /// The op storing this session's inbound QoS 2 ids, if the session is persistent.
-    fn awaiting_rel_ops(&self) -> Vec<halyard_store::Op> {
+    /// The op storing inbound QoS 2 id `pid` as awaiting PUBREL, if the session is persistent.
+    fn awaiting_rel_put(&self, pid: u16) -> Vec<halyard_store::Op> {
         let Some(session) = &self.session else { return Vec::new() };
-        self.broker.awaiting_rel_op(session, &self.state).into_iter().collect()
+        self.broker.awaiting_rel_put(session, pid).into_iter().collect()
     }
 
     /// PUBACK / PUBREC / PUBCOMP with a reason code (v5) and, for failures, a reason string.

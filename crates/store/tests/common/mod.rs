@@ -46,3 +46,11 @@ pub fn del_retained(topic: &str) -> Op {
 pub fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
+
+pub fn rel(client: &str, packet_id: u16) -> Op {
+    Op::PutAwaitingRel { client: Arc::from(client), packet_id }
+}
+
+pub fn unrel(client: &str, packet_id: u16) -> Op {
+    Op::DeleteAwaitingRel { client: Arc::from(client), packet_id }
+}
