@@ -28,7 +28,7 @@ fn connect(v: ProtocolVersion, id: &str, keep_alive: u16) -> Packet {
 /// Drives CONNECT through the broker (as the connection driver would) and returns the connected machine.
 async fn connected(b: &Arc<Broker>, v: ProtocolVersion, id: &str, keep_alive: u16, t0: Instant) -> Conn {
     let zone = Arc::new(b.config.mqtt.clone());
-    let mut c = Conn::new(b.clone(), zone.clone(), t0);
+    let mut c = Conn::new(b.clone(), zone.clone(), t0, None);
     let Step::Attach(req) = c.handle(connect(v, id, keep_alive), t0) else { panic!("CONNECT accepted") };
     let (tx, _rx) = oneshot::channel();
     let a = b.attach(&req.client_id, req.clean_start, req.expiry_interval, &zone, tx).await;
@@ -64,7 +64,7 @@ async fn keepalive_closes_at_one_and_a_half_times_the_interval() {
 async fn no_connect_within_idle_timeout_closes() {
     let b = broker(&[("HALYARD_MQTT__IDLE_TIMEOUT", "15s")]);
     let t0 = Instant::now();
-    let mut c = Conn::new(b.clone(), Arc::new(b.config.mqtt.clone()), t0);
+    let mut c = Conn::new(b.clone(), Arc::new(b.config.mqtt.clone()), t0, None);
     assert!(c.on_tick(t0 + Duration::from_millis(14_900)).is_ok());
     assert!(c.on_tick(t0 + Duration::from_secs(15)).is_err());
 }
