@@ -379,7 +379,8 @@ mod tests {
 
     #[test]
     fn callbacks_run_by_priority_higher_first_ties_in_registration_order() {
-        let hook: Hook<dyn Fn(&mut Vec<&'static str>) + Send + Sync> = Hook::default();
+        type Record = dyn Fn(&mut Vec<&'static str>) + Send + Sync;
+        let hook: Hook<Record> = Hook::default();
         hook.register(0, Box::new(|v| v.push("zero-a")));
         hook.register(10, Box::new(|v| v.push("ten-a")));
         hook.register(0, Box::new(|v| v.push("zero-b")));

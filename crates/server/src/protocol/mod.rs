@@ -6,6 +6,8 @@
 //! the client), `outbound` (deliveries to the client and their acknowledgements), `subscribe`.
 
 mod connect;
+#[cfg(test)]
+mod hook_tests;
 mod inbound;
 mod outbound;
 mod subscribe;

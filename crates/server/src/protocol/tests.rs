@@ -7,12 +7,12 @@ use halyard_codec::{Connect, Packet, PubResp, Publish, QoS, Subscribe, Subscript
 use halyard_core::config::{load, Source};
 use tokio::sync::oneshot;
 
-fn broker(env: &[(&str, &str)]) -> Arc<Broker> {
+pub(super) fn broker(env: &[(&str, &str)]) -> Arc<Broker> {
     let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     Broker::new(load(&Source { file: None, env }).expect("config"))
 }
 
-fn connect(v: ProtocolVersion, id: &str, keep_alive: u16) -> Packet {
+pub(super) fn connect(v: ProtocolVersion, id: &str, keep_alive: u16) -> Packet {
     Packet::Connect(Box::new(Connect {
         protocol: v,
         clean_start: true,
@@ -26,7 +26,7 @@ fn connect(v: ProtocolVersion, id: &str, keep_alive: u16) -> Packet {
 }
 
 /// Drives CONNECT through the broker (as the connection driver would) and returns the connected machine.
-async fn connected(b: &Arc<Broker>, v: ProtocolVersion, id: &str, keep_alive: u16, t0: Instant) -> Conn {
+pub(super) async fn connected(b: &Arc<Broker>, v: ProtocolVersion, id: &str, keep_alive: u16, t0: Instant) -> Conn {
     let zone = Arc::new(b.config.mqtt.clone());
     let mut c = Conn::new(b.clone(), zone.clone(), t0, None);
     let Step::Attach(req) = c.handle(connect(v, id, keep_alive), t0) else { panic!("CONNECT accepted") };
@@ -36,7 +36,7 @@ async fn connected(b: &Arc<Broker>, v: ProtocolVersion, id: &str, keep_alive: u1
     c
 }
 
-fn drain(c: &mut Conn, v: ProtocolVersion) -> Vec<Packet> {
+pub(super) fn drain(c: &mut Conn, v: ProtocolVersion) -> Vec<Packet> {
     let mut buf: BytesMut = c.out.split();
     let mut out = Vec::new();
     while let Ok(Some(p)) = halyard_codec::decode(&mut buf, v, usize::MAX) {
