@@ -74,7 +74,6 @@ fn incomplete_packet_is_none_and_consumes_nothing() {
     let mut buf = BytesMut::from(&[0x32, 10, 0, 3, b'a'][..]);
     assert_eq!(decode(&mut buf, V4, MAX), Ok(None));
     assert_eq!(&buf[..], &[0x32, 10, 0, 3, b'a']);
-    assert!(buf.capacity() >= 12, "reserves room for the rest of the packet");
 }
 
 #[test]

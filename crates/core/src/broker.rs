@@ -2,6 +2,7 @@
 //! (attach with takeover, detach with will and expiry, the end of a session).
 
 use crate::config::{Config, MqttConfig, SharedStrategy};
+use crate::hooks::{DropReason, Dropped, Fold, Hooks, TerminateReason};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::persist::{self, SessionRecord};
@@ -29,6 +30,8 @@ pub struct Broker {
     pub router: Router,
     pub retainer: Retainer,
     pub metrics: Metrics,
+    /// The extension points (`client.*`, `session.*`, `message.*`); register on an `Arc<Broker>`.
+    pub hooks: Hooks,
     /// Where persistent sessions, their queues and retained messages are kept (in memory when durability is off).
     pub store: Arc<dyn Store>,
     next_message_id: AtomicU64,
@@ -100,6 +103,7 @@ impl Broker {
             router: Router::default(),
             retainer: Retainer::default(),
             metrics: Metrics::default(),
+            hooks: Hooks::default(),
             store,
             next_message_id: AtomicU64::new(next_message_id.max(1)),
             timers: OfflineTimers::default(),
@@ -109,6 +113,31 @@ impl Broker {
     /// A fresh id for a message that may be stored.
     pub fn new_message_id(&self) -> u64 {
         self.next_message_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A message that will not reach `client_id` (or anyone, when `None`): counted under `reason` and
+    /// reported to `message.dropped`. Every drop in the broker goes through here.
+    pub fn dropped(&self, message: Option<&Message>, client_id: Option<&str>, reason: DropReason) {
+        Metrics::inc(reason.counter(&self.metrics));
+        self.report_dropped(message, client_id, reason);
+    }
+
+    /// `message.dropped` only, for a drop already counted elsewhere (the router counts `NoSubscribers`).
+    fn report_dropped(&self, message: Option<&Message>, client_id: Option<&str>, reason: DropReason) {
+        if !self.hooks.message_dropped.is_empty() {
+            let e = Dropped { message, client_id, reason };
+            self.hooks.message_dropped.each(|f| f(&e));
+        }
+    }
+
+    /// `n` messages of `client_id` that only the store holds, dropped for `reason`.
+    fn dropped_on_disk(&self, client_id: &str, n: u64, reason: DropReason) {
+        reason.counter(&self.metrics).fetch_add(n, Ordering::Relaxed);
+        if !self.hooks.message_dropped.is_empty() {
+            for _ in 0..n {
+                self.report_dropped(None, Some(client_id), reason);
+            }
+        }
     }
 
     /// Submits store operations (none: ticket 0, nothing to wait for).
@@ -192,13 +221,29 @@ impl Broker {
     /// message of its topic) in one store submission, whose ticket the acknowledgement waits for.
     /// `with` are ops committed atomically with the message (for QoS 2, the publisher's packet id awaiting
     /// PUBREL).
+    ///
+    /// `message.publish` runs first (for wills and broker messages too): a callback may replace the message or
+    /// stop it. A stopped message goes to nobody and is not retained; it is counted (`dropped_by_hook`) and
+    /// reported to `message.dropped` (`StoppedByHook`), and `with` is still submitted (the publisher's QoS 2
+    /// state does not depend on where the message went).
     pub fn publish_into(&self, msg: Arc<Message>, with: Vec<Op>, congested: &mut Vec<Arc<SessionHandle>>) -> Published {
+        let msg = match self.hooks.message_publish.fold(msg, |f, m| f(m)) {
+            Fold::Continue(m) => m,
+            Fold::Stop(m) => {
+                self.dropped(Some(&m), None, DropReason::StoppedByHook);
+                return Published { matched: 0, ticket: self.submit(with) };
+            }
+        };
         let retained = msg.retain && self.config.mqtt.retain_available;
         if retained {
             self.retainer.store(&msg);
         }
         let mut targets = Vec::new();
         let matched = self.router.route(&msg, self.strategy(), &self.metrics, &mut targets);
+        if matched == 0 {
+            // Counted by the router.
+            self.report_dropped(Some(&msg), None, DropReason::NoSubscribers);
+        }
         let mut ops = Vec::new();
         for (session, d) in targets.iter_mut() {
             session.reserve(d, &mut ops);
@@ -224,7 +269,7 @@ impl Broker {
         let ticket = self.submit(ops);
         let mut drops = Vec::new();
         for (session, d) in targets {
-            if session.push(d, &self.metrics, &mut drops) {
+            if session.push(d, self, &mut drops) {
                 congested.push(session);
             }
         }
@@ -251,7 +296,7 @@ impl Broker {
         }
         self.submit_logged(ops);
         for (session, d) in moved {
-            let _ = session.push(d, &self.metrics, &mut gone);
+            let _ = session.push(d, self, &mut gone);
             Metrics::inc(&self.metrics.shared_redispatched);
         }
         self.submit_logged(gone);
@@ -282,7 +327,9 @@ impl Broker {
                 continue;
             }
             if !created {
-                if let Some(owner) = handle.take_owner() {
+                let owner = handle.take_owner();
+                let had_owner = owner.is_some();
+                if let Some(owner) = owner {
                     let (done, answered) = oneshot::channel();
                     if owner.send(Control::Takeover { resume: !clean_start, done }).is_ok()
                         && tokio::time::timeout(TAKEOVER_TIMEOUT, answered).await.is_err()
@@ -297,8 +344,11 @@ impl Broker {
                 }
                 if clean_start {
                     let state = handle.take_parked().unwrap_or_default();
-                    self.end_session(&handle, state, now);
+                    self.end_session(&handle, state, TerminateReason::Discarded, now);
                     continue;
+                }
+                if had_owner {
+                    self.hooks.session_takenover.each(|f| f(&handle));
                 }
             }
             // Online again: its offline deadlines (will delay, expiry) are void.
@@ -313,6 +363,11 @@ impl Broker {
                 self.submit_logged(vec![op]);
             }
             handle.attach(control);
+            if created {
+                self.hooks.session_created.each(|f| f(&handle));
+            } else {
+                self.hooks.session_resumed.each(|f| f(&handle));
+            }
             return Attached { handle: handle.clone(), state, present: !created };
         }
     }
@@ -354,7 +409,11 @@ impl Broker {
             if let Some(w) = will {
                 self.publish_will(handle, w, now);
             }
-            self.end_session(handle, state, now);
+            let why = match reason {
+                DetachReason::TakenOver { resume: false } => TerminateReason::Discarded,
+                _ => TerminateReason::Closed,
+            };
+            self.end_session(handle, state, why, now);
             return;
         }
         if let DetachReason::TakenOver { .. } = reason {
@@ -380,7 +439,7 @@ impl Broker {
         let mut ops = Vec::new();
         for d in self.redispatch_all(handle, handle.take_shared_queued()) {
             // Back into its own (now offline) queue: offline sessions hold nobody back.
-            let _ = handle.push(d, &self.metrics, &mut ops);
+            let _ = handle.push(d, self, &mut ops);
         }
         let expiry_ms = u64::from(expiry) * 1000;
         // A will due now goes now and is not stored; a delayed one is stored so it survives a restart.
@@ -480,7 +539,7 @@ impl Broker {
                         Metrics::inc(&self.metrics.sessions_expired);
                         tracing::debug!(client_id = %h.client_id, "session expired");
                         let state = h.take_parked().unwrap_or_default();
-                        self.end_session(&h, state, now);
+                        self.end_session(&h, state, TerminateReason::Expired, now);
                     }
                 }
             }
@@ -489,7 +548,8 @@ impl Broker {
 
     /// The session is over: it leaves the registry and the router; unfinished shared messages go to other
     /// members, everything else it held is dropped and counted.
-    fn end_session(&self, handle: &Arc<SessionHandle>, state: SessionState, now: Instant) {
+    /// `session.discarded` (for a clean start) and then `session.terminated` fire once the session is gone.
+    fn end_session(&self, handle: &Arc<SessionHandle>, state: SessionState, why: TerminateReason, now: Instant) {
         // A will still waiting for its delay goes now: the session is over [MQTT-3.1.3-9].
         if let Some(w) = handle.take_pending_will() {
             self.publish_will(handle, w, now);
@@ -506,18 +566,21 @@ impl Broker {
         // A QoS 2 shared delivery that started goes to no other client when its session ends [MQTT-4.8.2-5].
         let (redispatchable, started_qos2): (Vec<_>, Vec<_>) =
             state.inflight.into_iter().partition(|e| e.stage == Stage::AwaitPubAck);
-        for _ in started_qos2 {
-            Metrics::inc(&self.metrics.dropped_session_ended);
+        let cid = Some(&*handle.client_id);
+        for e in started_qos2 {
+            self.dropped(Some(&e.delivery.msg), cid, DropReason::SessionEnded);
         }
         let (mut queued, stored_shared, on_disk) = handle.clear_queue();
         // Slots whose message is only on disk go with the session's DeleteSession below, except shared ones,
         // which another member gets (read back first; their new entries are submitted before the delete).
-        self.metrics.dropped_session_ended.fetch_add(on_disk as u64, Ordering::Relaxed);
+        self.dropped_on_disk(&handle.client_id, on_disk as u64, DropReason::SessionEnded);
         queued.extend(self.load_stored(handle, &stored_shared));
         let (shared, own): (Vec<_>, Vec<_>) =
             redispatchable.into_iter().map(|e| e.delivery).chain(queued).partition(|d| d.shared.is_some());
-        let lost = own.len() + self.redispatch_all(handle, shared).len();
-        self.metrics.dropped_session_ended.fetch_add(lost as u64, Ordering::Relaxed);
+        let unplaced = self.redispatch_all(handle, shared);
+        for d in own.iter().chain(&unplaced) {
+            self.dropped(Some(&d.msg), cid, DropReason::SessionEnded);
+        }
         let mut ops = Vec::new();
         // After the redispatches' submissions: their new entries keep the shared messages alive.
         if handle.was_stored() {
@@ -526,6 +589,10 @@ impl Broker {
         self.submit_logged(ops);
         // Only now may a new session with this client id be created: its record is written after this delete.
         self.registry.remove(handle);
+        if why == TerminateReason::Discarded {
+            self.hooks.session_discarded.each(|f| f(handle));
+        }
+        self.hooks.session_terminated.each(|f| f(handle, why));
     }
 
     pub(crate) fn publish_will(&self, handle: &SessionHandle, w: Will, now: Instant) {

@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod config;
 pub mod durable;
+pub mod hooks;
 pub mod message;
 pub mod metrics;
 pub mod persist;

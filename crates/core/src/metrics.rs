@@ -41,6 +41,10 @@ counters! {
     dropped_session_ended,
     /// Inbound QoS 2 messages refused because max_awaiting_rel was reached (MQTT 3.x).
     dropped_awaiting_rel_full,
+    /// PUBLISHes refused by `client.authorize` (or to `$SYS`): v5 got 0x87, v3 an acknowledgement.
+    dropped_not_authorized,
+    /// Messages a `message.publish` hook stopped (delivered to nobody, not retained).
+    dropped_by_hook,
     /// Times a publisher was held back because a subscriber's queue passed its high-water mark.
     backpressure_waits,
     /// Hold-backs that ended by the time limit rather than by the subscriber draining.

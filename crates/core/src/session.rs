@@ -5,8 +5,8 @@
 //! owning connection drains it as its inflight window allows. Because messages never go to the connection
 //! directly, a takeover cannot lose one: the queue simply outlives the old owner.
 
+use crate::hooks::DropReason;
 use crate::message::Delivery;
-use crate::metrics::Metrics;
 use halyard_codec::{QoS, SubscriptionOptions};
 use halyard_store::Op;
 use parking_lot::Mutex;
@@ -205,13 +205,15 @@ impl SessionHandle {
     ///
     /// For a persistent session a QoS 1/2 delivery of a stored message (`msg.id != 0`) gets its queue position
     /// and an `Enqueue` in `ops`; dropping a stored entry adds its `Dequeue`. The caller submits `ops`.
-    pub fn push(&self, mut d: Delivery, metrics: &Metrics, ops: &mut Vec<Op>) -> bool {
+    /// Drops go through `broker.dropped` (counter and `message.dropped`), after the queue lock is released.
+    pub fn push(&self, mut d: Delivery, broker: &crate::Broker, ops: &mut Vec<Op>) -> bool {
         let online = self.is_online();
         if d.qos == QoS::AtMostOnce && !online && !self.store_qos0.load(Ordering::Relaxed) {
-            Metrics::inc(&metrics.dropped_qos0_offline);
             tracing::debug!(client_id = %self.client_id, topic = %d.msg.topic, "QoS 0 message not queued for offline session");
+            broker.dropped(Some(&d.msg), Some(&self.client_id), DropReason::Qos0Offline);
             return false;
         }
+        let mut evicted = None;
         let max = self.max_queue_len.load(Ordering::Relaxed);
         let holds_back = online && d.qos != QoS::AtMostOnce;
         let congested = {
@@ -223,8 +225,8 @@ impl SessionHandle {
                     if old.seq() != 0 {
                         ops.push(Op::Dequeue { client: self.client_id.clone(), seq: old.seq() });
                     }
-                    Metrics::inc(&metrics.dropped_queue_full);
                     tracing::debug!(client_id = %self.client_id, seq = old.seq(), max, "mqueue full: oldest message dropped");
+                    evicted = Some(old);
                 }
             }
             // Offline and stored: the store holds it; the queue keeps its place only.
@@ -235,6 +237,14 @@ impl SessionHandle {
             }
             holds_back && q.len() >= high_water(max) && !self.stalled.load(Ordering::Relaxed)
         };
+        if let Some(old) = evicted {
+            // Outside the lock: a callback may look at this session.
+            let msg = match &old {
+                Queued::Ready(d) => Some(&*d.msg),
+                Queued::Stored { .. } => None,
+            };
+            broker.dropped(msg, Some(&self.client_id), DropReason::QueueFull);
+        }
         self.notify.notify_one();
         congested
     }

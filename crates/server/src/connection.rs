@@ -109,11 +109,12 @@ impl Link {
         shutdown: watch::Receiver<bool>,
         slot: OpenSlot,
     ) -> Link {
-        tracing::debug!(peer = ?stream.peer_addr().ok(), "connection accepted");
+        let peer = stream.peer_addr().ok();
+        tracing::debug!(?peer, "connection accepted");
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let now = Instant::now();
-        let conn = Conn::new(broker, zone, now);
+        let conn = Conn::new(broker, zone, now, peer);
         let (control_tx, control_rx) = oneshot::channel::<Control>();
         Link { conn, rd, wr, control_rx, control_open: true, control_tx: Some(control_tx), shutdown, _slot: slot }
     }

@@ -5,6 +5,7 @@ use super::{ClientLimits, Close, Conn, Phase, Step};
 use halyard_codec::reason::{connack_v5_to_v3, rc};
 use halyard_codec::{ConnAck, Connect, Packet, Properties, ProtocolVersion, Utf8};
 use halyard_core::broker::{Attached, DetachReason, Will};
+use halyard_core::hooks::{AuthResult, ClientInfo};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +31,28 @@ impl Conn {
         let v5 = c.protocol.is_v5();
         let zone = self.zone.clone();
 
+        // Keepalive: a v5 client is told to use at most max_keepalive (or server_keepalive when set) [MQTT-3.2.2-21].
+        self.keep_alive = c.keep_alive;
+        if v5 {
+            if let Some(k) = zone.server_keepalive {
+                self.keep_alive = k;
+            } else if c.keep_alive > zone.max_keepalive {
+                self.keep_alive = zone.max_keepalive;
+            }
+        }
+        // Built once: the hooks' view of this client. The id is the client's own until one is assigned below,
+        // so that a refusal before that still reports who asked.
+        self.client = Some(Arc::new(ClientInfo {
+            client_id: Arc::from(c.client_id.as_str()),
+            username: c.username.as_ref().map(|u| Arc::from(u.as_str())),
+            peer: self.peer.take().map(|p| *p),
+            protocol: c.protocol,
+            clean_start: c.clean_start,
+            keepalive: self.keep_alive,
+            zone: None,
+            is_superuser: false,
+        }));
+
         // Client identifier [MQTT-3.1.3-5..9].
         let mut assigned = false;
         let client_id: Arc<str> = if c.client_id.is_empty() {
@@ -49,6 +72,14 @@ impl Conn {
         } else {
             Arc::from(c.client_id.as_str())
         };
+        if assigned {
+            if let Some(info) = self.client.as_mut() {
+                Arc::make_mut(info).client_id = client_id.clone();
+            }
+        }
+        if let Some(info) = self.client.as_deref() {
+            self.broker.hooks.client_connect.each(|f| f(info));
+        }
         if client_id.len() > zone.max_clientid_len {
             return self.refuse(rc::CLIENT_IDENTIFIER_NOT_VALID, "client id longer than max_clientid_len");
         }
@@ -65,12 +96,7 @@ impl Conn {
                     // A non-conforming CONNECT is closed without CONNACK in 3.1.1 [MQTT-3.1.4-1], [MQTT-3.1.2-9]
                     // (the will topic must be a valid topic name); 3.1.1 has no return code for it.
                     self.phase = Phase::Closed;
-                    return Step::Close(Close {
-                        reason_code: None,
-                        publish_will: false,
-                        why: "invalid will topic".into(),
-                        detach: DetachReason::Closed,
-                    });
+                    return Step::Close(Close { publish_will: false, ..Close::lost("invalid will topic") });
                 }
                 // MQTT 5 allows a CONNACK with a reason code before closing [MQTT-3.1.4-1], section 4.13.
                 return self.refuse(rc::TOPIC_NAME_INVALID, "invalid will topic");
@@ -106,14 +132,10 @@ impl Conn {
         let expiry_interval = self.cap_expiry(requested_expiry);
         self.connect_expiry = requested_expiry;
 
-        // Keepalive: a v5 client is told to use at most max_keepalive (or server_keepalive when set) [MQTT-3.2.2-21].
-        self.keep_alive = c.keep_alive;
-        if v5 {
-            if let Some(k) = zone.server_keepalive {
-                self.keep_alive = k;
-            } else if c.keep_alive > zone.max_keepalive {
-                self.keep_alive = zone.max_keepalive;
-            }
+        // Authentication, last of the checks and before the session is touched: a refused client must not take
+        // over or discard anyone's session.
+        if !self.authenticate(c.password.as_deref()) {
+            return self.refuse(rc::NOT_AUTHORIZED, "not authorized");
         }
 
         let p = &c.properties;
@@ -134,6 +156,23 @@ impl Conn {
         })
     }
 
+    /// `client.authenticate`: false when the chain denies. A chain nobody decides lets the client in.
+    fn authenticate(&mut self, password: Option<&[u8]>) -> bool {
+        let hook = &self.broker.hooks.client_authenticate;
+        let Some(info) = self.client.as_mut() else { return true };
+        if hook.is_empty() {
+            return true;
+        }
+        match hook.fold(AuthResult::Ignore, |f, acc| f(info, password, acc)).into_inner() {
+            AuthResult::Deny => false,
+            AuthResult::Allow { is_superuser } => {
+                Arc::make_mut(info).is_superuser = is_superuser;
+                true
+            }
+            AuthResult::Ignore => true,
+        }
+    }
+
     /// CONNACK with a failure code, then close [MQTT-3.2.2-6 .. -7].
     fn refuse(&mut self, v5_code: u8, why: &'static str) -> Step {
         let code = if self.version.is_v5() { v5_code } else { connack_v5_to_v3(v5_code) };
@@ -142,15 +181,23 @@ impl Conn {
             properties.reason_string = Some(Utf8::from_static(why));
         }
         self.send_trimmed(Packet::ConnAck(ConnAck { session_present: false, reason_code: code, properties }));
+        if let Some(info) = self.client.as_deref() {
+            self.broker.hooks.client_connack.each(|f| f(info, code, false));
+        }
         self.phase = Phase::Closed;
-        Step::Close(Close { reason_code: None, publish_will: false, why: why.into(), detach: DetachReason::Closed })
+        Step::Close(Close {
+            reason_code: None,
+            publish_will: false,
+            why: why.into(),
+            detach: DetachReason::Closed,
+            by_client: None,
+        })
     }
 
     /// The broker attached the session: send CONNACK, resend what was in flight, start delivering.
     pub fn on_attached(&mut self, req: ConnectRequest, a: Attached, now: Instant) {
         let present = a.present;
         self.attached(a);
-        self.client_id = Some(req.client_id.clone());
         self.phase = Phase::Connected;
         let zone = self.zone.clone();
         let mut props: Box<Properties> = Box::default();
@@ -185,6 +232,11 @@ impl Conn {
         let session_present = present && self.version != ProtocolVersion::V3;
         self.send_trimmed(Packet::ConnAck(ConnAck { session_present, reason_code: rc::SUCCESS, properties: props }));
         tracing::debug!(version = self.version as u8, present, keep_alive = self.keep_alive, "client connected");
+        if let Some(info) = self.client.as_deref() {
+            let hooks = &self.broker.hooks;
+            hooks.client_connack.each(|f| f(info, rc::SUCCESS, present));
+            hooks.client_connected.each(|f| f(info));
+        }
         // [MQTT-4.4.0-1] unacknowledged PUBLISH and PUBREL are resent on reconnect, DUP set on PUBLISH.
         self.resend_all(now);
         self.fill(now);

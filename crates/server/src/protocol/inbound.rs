@@ -5,6 +5,7 @@
 use super::{Close, Conn};
 use halyard_codec::reason::rc;
 use halyard_codec::{Packet, PubResp, Publish, QoS, Utf8};
+use halyard_core::hooks::{Action, DropReason};
 use halyard_core::metrics::Metrics;
 use halyard_core::Message;
 use std::sync::Arc;
@@ -38,9 +39,18 @@ impl Conn {
         } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
             // [MQTT-3.3.2-4] the payload claims to be UTF-8 and is not.
             Some((rc::PAYLOAD_FORMAT_INVALID, "payload is not valid UTF-8"))
+        } else if !self.authorize(Action::Publish, &p.topic) {
+            Some((rc::NOT_AUTHORIZED, "not authorized"))
         } else {
             None
         };
+        // A refused PUBLISH is acknowledged below (v5 with the code; v3, which cannot say no, plainly) and goes
+        // nowhere; a not-authorized one is a counted drop. A resent QoS 2 id was authorized the first time.
+        if matches!(refusal, Some((rc::NOT_AUTHORIZED, _)))
+            && !(p.qos == QoS::ExactlyOnce && self.state.awaiting_rel.contains_key(&p.packet_id.unwrap_or(0)))
+        {
+            self.drop_inbound(&p, now, DropReason::NotAuthorized);
+        }
 
         match p.qos {
             QoS::AtMostOnce => {
@@ -75,7 +85,7 @@ impl Conn {
                     return Err(Close::error(rc::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
                 }
                 if !v5 && self.state.awaiting_rel.len() >= self.zone.max_awaiting_rel {
-                    Metrics::inc(&self.broker.metrics.dropped_awaiting_rel_full);
+                    self.drop_inbound(&p, now, DropReason::AwaitingRelFull);
                     tracing::debug!(packet_id = pid, "max_awaiting_rel reached: QoS 2 message dropped");
                     return Ok(());
                 }
@@ -134,19 +144,7 @@ impl Conn {
     /// `with`: ops to commit atomically with the message.
     fn route(&mut self, p: Publish, now: Instant, with: Vec<halyard_store::Op>) -> Result<(u8, u64), Close> {
         let qos = p.qos;
-        let mut props = p.properties;
-        let expires_at = props.message_expiry_interval.take().map(|s| now + Duration::from_secs(u64::from(s)));
-        props.subscription_identifiers.clear();
-        let msg = Message {
-            id: self.broker.new_message_id(),
-            topic: p.topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            properties: (!props.is_empty()).then_some(props),
-            publisher: self.client_id.clone(),
-            expires_at,
-        };
+        let msg = self.message(p, now, self.broker.new_message_id());
         let published = self.broker.publish_into(Arc::new(msg), with, &mut self.congested);
         let ticket = match published.ticket {
             Ok(t) => t,
@@ -161,6 +159,35 @@ impl Conn {
         };
         let code = if published.matched == 0 { rc::NO_MATCHING_SUBSCRIBERS } else { rc::SUCCESS };
         Ok((code, ticket))
+    }
+
+    /// The message a PUBLISH carries, as subscribers get it (its own topic alias and subscription ids removed,
+    /// the expiry made an instant).
+    fn message(&self, p: Publish, now: Instant, id: u64) -> Message {
+        let mut props = p.properties;
+        let expires_at = props.message_expiry_interval.take().map(|s| now + Duration::from_secs(u64::from(s)));
+        props.subscription_identifiers.clear();
+        Message {
+            id,
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: (!props.is_empty()).then_some(props),
+            publisher: self.client.as_ref().map(|c| c.client_id.clone()),
+            expires_at,
+        }
+    }
+
+    /// A PUBLISH from this client that goes nowhere: counted, and reported to `message.dropped` (the message
+    /// is built for that only when a callback is registered).
+    fn drop_inbound(&self, p: &Publish, now: Instant, reason: DropReason) {
+        if self.broker.hooks.message_dropped.is_empty() {
+            Metrics::inc(reason.counter(&self.broker.metrics));
+        } else {
+            let msg = self.message(p.clone(), now, 0);
+            self.broker.dropped(Some(&msg), None, reason);
+        }
     }
 
     pub(super) fn on_pubrel(&mut self, a: PubResp) -> Result<(), Close> {

@@ -6,6 +6,8 @@
 //! the client), `outbound` (deliveries to the client and their acknowledgements), `subscribe`.
 
 mod connect;
+#[cfg(test)]
+mod hook_tests;
 mod inbound;
 mod outbound;
 mod subscribe;
@@ -18,10 +20,12 @@ use bytes::BytesMut;
 use halyard_codec::{reason::rc, Disconnect, Packet, ProtocolVersion, Utf8};
 use halyard_core::broker::{Attached, DetachReason, Will};
 use halyard_core::config::MqttConfig;
+use halyard_core::hooks::{Action, AuthzResult, ClientInfo, DisconnectReason};
 use halyard_core::session::{SessionHandle, SessionState};
 use halyard_core::Broker;
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,17 +38,25 @@ pub struct Close {
     pub publish_will: bool,
     pub why: Cow<'static, str>,
     pub(crate) detach: DetachReason,
+    /// The reason code of the client's DISCONNECT, when that is what ended the connection.
+    pub(crate) by_client: Option<u8>,
 }
 
 impl Close {
     /// A protocol violation: DISCONNECT with `code` for v5, close for v3; the will is published.
     pub fn error(code: u8, why: impl Into<Cow<'static, str>>) -> Close {
-        Close { reason_code: Some(code), publish_will: true, why: why.into(), detach: DetachReason::Closed }
+        Close {
+            reason_code: Some(code),
+            publish_will: true,
+            why: why.into(),
+            detach: DetachReason::Closed,
+            by_client: None,
+        }
     }
 
     /// The network went away or the client closed without DISCONNECT.
     pub fn lost(why: impl Into<Cow<'static, str>>) -> Close {
-        Close { reason_code: None, publish_will: true, why: why.into(), detach: DetachReason::Closed }
+        Close { reason_code: None, publish_will: true, why: why.into(), detach: DetachReason::Closed, by_client: None }
     }
 }
 
@@ -84,7 +96,10 @@ pub struct Conn {
     last_received: Instant,
     /// Effective keepalive in seconds (0: none).
     keep_alive: u16,
-    client_id: Option<Arc<str>>,
+    /// Who the client is, from CONNECT on: the argument of the `client.*` and `message.*` hooks.
+    client: Option<Arc<ClientInfo>>,
+    /// The peer's address until CONNECT moves it into `client` (boxed: 32 bytes every connection would carry).
+    peer: Option<Box<SocketAddr>>,
     session: Option<Arc<SessionHandle>>,
     state: SessionState,
     /// Boxed: most clients set no will, and an idle connection should not carry the space.
@@ -131,7 +146,8 @@ pub const OUT_HIGH_WATER: usize = 256 * 1024;
 const IDLE_BUFFER: usize = 64 * 1024;
 
 impl Conn {
-    pub fn new(broker: Arc<Broker>, zone: Arc<MqttConfig>, now: Instant) -> Conn {
+    /// `peer`: the transport's peer address, if it has one (for `ClientInfo`).
+    pub fn new(broker: Arc<Broker>, zone: Arc<MqttConfig>, now: Instant, peer: Option<SocketAddr>) -> Conn {
         Conn {
             broker,
             zone,
@@ -141,7 +157,8 @@ impl Conn {
             started: now,
             last_received: now,
             keep_alive: 0,
-            client_id: None,
+            client: None,
+            peer: peer.map(Box::new),
             session: None,
             state: SessionState::default(),
             will: None,
@@ -223,7 +240,23 @@ impl Conn {
     }
 
     pub fn client_id(&self) -> Option<&str> {
-        self.client_id.as_deref()
+        self.client.as_ref().map(|c| &*c.client_id)
+    }
+
+    /// The client as the hooks see it (from CONNECT on).
+    pub fn client_info(&self) -> Option<&Arc<ClientInfo>> {
+        self.client.as_ref()
+    }
+
+    /// `client.authorize`: may this client do `action` on `topic`? Allowed when no callback is registered or
+    /// the client is a superuser.
+    fn authorize(&self, action: Action, topic: &str) -> bool {
+        let hook = &self.broker.hooks.client_authorize;
+        let Some(info) = self.client.as_deref() else { return true };
+        if hook.is_empty() || info.is_superuser {
+            return true;
+        }
+        hook.fold(AuthzResult::Allow, |f, acc| f(info, action, topic, acc)).into_inner() == AuthzResult::Allow
     }
 
     pub fn is_connected(&self) -> bool {
@@ -287,6 +320,7 @@ impl Conn {
             publish_will: d.reason_code == rc::DISCONNECT_WITH_WILL,
             why: "client sent DISCONNECT".into(),
             detach: DetachReason::Closed,
+            by_client: Some(d.reason_code),
         }
     }
 
@@ -297,6 +331,7 @@ impl Conn {
             publish_will: true,
             why: "session taken over".into(),
             detach: DetachReason::TakenOver { resume },
+            by_client: None,
         }
     }
 
@@ -315,6 +350,12 @@ impl Conn {
                     d.properties.reason_string = Some(Utf8::from(close.why.as_ref()));
                 }
                 self.send_trimmed(Packet::Disconnect(d));
+            }
+        }
+        if was_connected {
+            if let Some(info) = self.client.as_deref() {
+                let why = disconnect_reason(close);
+                self.broker.hooks.client_disconnected.each(|f| f(info, why));
             }
         }
         if let Some(handle) = self.session.take() {
@@ -407,6 +448,22 @@ impl Conn {
         self.session = Some(a.handle);
         self.state = a.state;
         self.subscription_bytes = self.state.subscriptions.keys().map(String::len).sum();
+    }
+}
+
+/// What `client.disconnected` is told about a close.
+fn disconnect_reason(c: &Close) -> DisconnectReason {
+    if let DetachReason::TakenOver { .. } = c.detach {
+        return DisconnectReason::TakenOver;
+    }
+    if let Some(code) = c.by_client {
+        return DisconnectReason::ClientDisconnect(code);
+    }
+    match c.reason_code {
+        Some(rc::KEEP_ALIVE_TIMEOUT) => DisconnectReason::KeepaliveTimeout,
+        Some(rc::SERVER_SHUTTING_DOWN) => DisconnectReason::ServerShutdown,
+        Some(code) => DisconnectReason::Error(code),
+        None => DisconnectReason::ConnectionLost,
     }
 }
 

@@ -5,6 +5,7 @@
 use super::{Close, Conn, FILL_BATCH, OUT_HIGH_WATER};
 use halyard_codec::reason::rc;
 use halyard_codec::{Packet, ProtocolVersion, PubResp, Publish, QoS, Utf8};
+use halyard_core::hooks::DropReason;
 use halyard_core::metrics::Metrics;
 use halyard_core::persist::{encode_meta, EntryMeta};
 use halyard_core::session::{InflightEntry, Queued, SessionHandle, Stage};
@@ -62,7 +63,7 @@ impl Conn {
     fn deliver(&mut self, d: Delivery, now: Instant) {
         if d.msg.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not delivered.
-            Metrics::inc(&self.broker.metrics.dropped_expired);
+            self.dropped(&d, DropReason::Expired);
             self.finished(&d);
             return;
         }
@@ -73,7 +74,7 @@ impl Conn {
                 Some(id) => Some(id),
                 None => {
                     // Unreachable with a window of at most 65535; requeueing would reorder, so count and drop.
-                    Metrics::inc(&self.broker.metrics.dropped_queue_full);
+                    self.dropped(&d, DropReason::QueueFull);
                     self.finished(&d);
                     return;
                 }
@@ -82,6 +83,10 @@ impl Conn {
         if !self.write_publish(&d, packet_id, false, now) {
             self.finished(&d);
             return;
+        }
+        // First sends only: a resend is the same delivery.
+        if let Some(info) = self.client.as_deref() {
+            self.broker.hooks.message_delivered.each(|f| f(info, &d));
         }
         if let Some(packet_id) = packet_id {
             let stage = if d.qos == QoS::AtLeastOnce { Stage::AwaitPubAck } else { Stage::AwaitPubRec };
@@ -112,7 +117,7 @@ impl Conn {
         }
         let packet = Packet::Publish(p);
         if halyard_codec::encoded_len(&packet, self.version) > self.limits.maximum_packet_size {
-            Metrics::inc(&self.broker.metrics.dropped_too_large);
+            self.dropped(d, DropReason::TooLarge);
             tracing::debug!(topic = %d.msg.topic, "message larger than the client's Maximum Packet Size: dropped");
             return false;
         }
@@ -153,6 +158,19 @@ impl Conn {
         }
     }
 
+    /// A delivery to this client that will not happen: counted and reported.
+    fn dropped(&self, d: &Delivery, reason: DropReason) {
+        self.broker.dropped(Some(&d.msg), self.client_id(), reason);
+    }
+
+    /// A QoS 1/2 delivery was acknowledged (PUBACK, PUBCOMP): `message.acked`, then its stored entry goes.
+    fn acked(&mut self, d: &Delivery) {
+        if let Some(info) = self.client.as_deref() {
+            self.broker.hooks.message_acked.each(|f| f(info, d));
+        }
+        self.finished(d);
+    }
+
     /// The delivery is complete: its stored entry goes.
     fn finished(&mut self, d: &Delivery) {
         if d.seq != 0 {
@@ -166,7 +184,7 @@ impl Conn {
         if let Some(i) = self.state.inflight_position(a.packet_id) {
             if self.state.inflight[i].stage == Stage::AwaitPubAck {
                 if let Some(e) = self.state.inflight.remove(i) {
-                    self.finished(&e.delivery);
+                    self.acked(&e.delivery);
                 }
             }
         }
@@ -208,7 +226,7 @@ impl Conn {
         if let Some(i) = self.state.inflight_position(a.packet_id) {
             if self.state.inflight[i].stage == Stage::AwaitPubComp {
                 if let Some(e) = self.state.inflight.remove(i) {
-                    self.finished(&e.delivery);
+                    self.acked(&e.delivery);
                 }
             }
         }

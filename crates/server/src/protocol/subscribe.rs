@@ -4,6 +4,7 @@
 use super::{Close, Conn};
 use halyard_codec::reason::{rc, v3};
 use halyard_codec::{Packet, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe};
+use halyard_core::hooks::{Action, SubscribeRequest};
 use halyard_core::session::SubscriptionRecord;
 use halyard_core::Delivery;
 
@@ -14,7 +15,20 @@ impl Conn {
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut over_quota = 0usize;
-        for (filter, opts) in &s.filters {
+        let mut requests: Vec<SubscribeRequest> = s
+            .filters
+            .into_iter()
+            .map(|(filter, options)| SubscribeRequest { filter, options, refused: None })
+            .collect();
+        // `client.subscribe` may rewrite or refuse filters; it keeps one entry per filter for the SUBACK.
+        if let Some(info) = self.client.as_deref() {
+            requests = self.broker.hooks.client_subscribe.fold(requests, |f, r| f(info, r)).into_inner();
+        }
+        for SubscribeRequest { filter, options: opts, refused } in &requests {
+            if let Some(code) = refused {
+                codes.push(if v5 { *code } else { v3::SUBACK_FAILURE });
+                continue;
+            }
             let parsed = match halyard_topic::parse_subscription(filter, self.zone.max_topic_levels) {
                 Ok(p) => p,
                 Err(e) => {
@@ -34,6 +48,11 @@ impl Conn {
             }
             if !self.zone.wildcard_subscription && halyard_topic::is_wildcard(plain_filter) {
                 codes.push(if v5 { rc::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED } else { v3::SUBACK_FAILURE });
+                continue;
+            }
+            // The filter as subscribed (with its `$share/<group>/`): an ACL may treat shared ones apart.
+            if !self.authorize(Action::Subscribe, filter) {
+                codes.push(if v5 { rc::NOT_AUTHORIZED } else { v3::SUBACK_FAILURE });
                 continue;
             }
             let mut options = *opts;
@@ -63,6 +82,9 @@ impl Conn {
             }
             self.state.subscriptions.insert(filter.to_string(), SubscriptionRecord { options, sub_id });
             codes.push(options.qos as u8);
+            if let Some(info) = self.client.as_deref() {
+                self.broker.hooks.session_subscribed.each(|f| f(info, filter, &options));
+            }
 
             // Retained messages [MQTT-3.3.1-9, MQTT-3.3.1-10, MQTT-3.3.1-11]; none for shared subscriptions.
             let send_retained = group.is_none()
@@ -86,7 +108,7 @@ impl Conn {
                         let data = halyard_core::persist::encode_message(&d.msg);
                         self.ops.push(halyard_store::Op::PutMessage { id: d.msg.id, data });
                     }
-                    let _ = session.push(d, &self.broker.metrics, &mut self.ops);
+                    let _ = session.push(d, &self.broker, &mut self.ops);
                 }
             }
         }
@@ -120,6 +142,9 @@ impl Conn {
     pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
         let Some(session) = self.session.clone() else { return Ok(()) };
         let mut codes = Vec::with_capacity(u.filters.len());
+        if let Some(info) = self.client.as_deref() {
+            self.broker.hooks.client_unsubscribe.each(|f| f(info, &u.filters));
+        }
         for filter in &u.filters {
             let Ok(parsed) = halyard_topic::parse_subscription(filter, 0) else {
                 // An empty or malformed filter names no subscription at all: 0x8F, not 0x11 [MQTT-3.10.3-2],
@@ -132,6 +157,11 @@ impl Conn {
                 self.subscription_bytes = self.subscription_bytes.saturating_sub(filter.len());
             }
             self.broker.unsubscribe(&session, parsed.filter(), parsed.group());
+            if removed {
+                if let Some(info) = self.client.as_deref() {
+                    self.broker.hooks.session_unsubscribed.each(|f| f(info, filter));
+                }
+            }
             codes.push(if removed { rc::SUCCESS } else { rc::NO_SUBSCRIPTION_EXISTED });
         }
         self.broker.persist_subscriptions(&session, &self.state);

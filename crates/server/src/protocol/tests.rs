@@ -7,12 +7,12 @@ use halyard_codec::{Connect, Packet, PubResp, Publish, QoS, Subscribe, Subscript
 use halyard_core::config::{load, Source};
 use tokio::sync::oneshot;
 
-fn broker(env: &[(&str, &str)]) -> Arc<Broker> {
+pub(super) fn broker(env: &[(&str, &str)]) -> Arc<Broker> {
     let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     Broker::new(load(&Source { file: None, env }).expect("config"))
 }
 
-fn connect(v: ProtocolVersion, id: &str, keep_alive: u16) -> Packet {
+pub(super) fn connect(v: ProtocolVersion, id: &str, keep_alive: u16) -> Packet {
     Packet::Connect(Box::new(Connect {
         protocol: v,
         clean_start: true,
@@ -27,9 +27,9 @@ fn connect(v: ProtocolVersion, id: &str, keep_alive: u16) -> Packet {
 }
 
 /// Drives CONNECT through the broker (as the connection driver would) and returns the connected machine.
-async fn connected(b: &Arc<Broker>, v: ProtocolVersion, id: &str, keep_alive: u16, t0: Instant) -> Conn {
+pub(super) async fn connected(b: &Arc<Broker>, v: ProtocolVersion, id: &str, keep_alive: u16, t0: Instant) -> Conn {
     let zone = Arc::new(b.config.mqtt.clone());
-    let mut c = Conn::new(b.clone(), zone.clone(), t0);
+    let mut c = Conn::new(b.clone(), zone.clone(), t0, None);
     let Step::Attach(req) = c.handle(connect(v, id, keep_alive), t0) else { panic!("CONNECT accepted") };
     let (tx, _rx) = oneshot::channel();
     let a = b.attach(&req.client_id, req.clean_start, req.expiry_interval, &zone, tx, t0).await;
@@ -37,7 +37,7 @@ async fn connected(b: &Arc<Broker>, v: ProtocolVersion, id: &str, keep_alive: u1
     c
 }
 
-fn drain(c: &mut Conn, v: ProtocolVersion) -> Vec<Packet> {
+pub(super) fn drain(c: &mut Conn, v: ProtocolVersion) -> Vec<Packet> {
     let mut buf: BytesMut = c.out.split();
     let mut out = Vec::new();
     while let Ok(Some(p)) = halyard_codec::decode(&mut buf, v, usize::MAX) {
@@ -65,7 +65,7 @@ async fn keepalive_closes_at_one_and_a_half_times_the_interval() {
 async fn no_connect_within_idle_timeout_closes() {
     let b = broker(&[("HALYARD_MQTT__IDLE_TIMEOUT", "15s")]);
     let t0 = Instant::now();
-    let mut c = Conn::new(b.clone(), Arc::new(b.config.mqtt.clone()), t0);
+    let mut c = Conn::new(b.clone(), Arc::new(b.config.mqtt.clone()), t0, None);
     assert!(c.on_tick(t0 + Duration::from_millis(14_900)).is_ok());
     assert!(c.on_tick(t0 + Duration::from_secs(15)).is_err());
 }
@@ -137,7 +137,7 @@ async fn connect_packet_through(b: &Arc<Broker>, p: Packet, t0: Instant) -> (Con
     let zone = Arc::new(b.config.mqtt.clone());
     let Packet::Connect(c) = &p else { unreachable!() };
     let v = c.protocol;
-    let mut conn = Conn::new(b.clone(), zone.clone(), t0);
+    let mut conn = Conn::new(b.clone(), zone.clone(), t0, None);
     let Step::Attach(req) = conn.handle(p, t0) else { panic!("CONNECT accepted") };
     let (tx, _rx) = oneshot::channel();
     let a = b.attach(&req.client_id, req.clean_start, req.expiry_interval, &zone, tx, t0).await;
@@ -199,7 +199,7 @@ async fn mqtt311_connect_with_an_invalid_will_topic_is_closed_without_connack() 
                 properties: Default::default(),
             })
         });
-        let mut conn = Conn::new(b.clone(), Arc::new(b.config.mqtt.clone()), t0);
+        let mut conn = Conn::new(b.clone(), Arc::new(b.config.mqtt.clone()), t0, None);
         assert!(matches!(conn.handle(p, t0), Step::Close(_)), "{v:?} {topic}: refused");
         assert!(conn.out.is_empty(), "{v:?} {topic}: no CONNACK, got {:?}", drain(&mut conn, v));
     }
@@ -212,7 +212,7 @@ async fn mqtt311_connect_with_an_invalid_will_topic_is_closed_without_connack() 
             properties: Default::default(),
         })
     });
-    let mut conn = Conn::new(b.clone(), Arc::new(b.config.mqtt.clone()), t0);
+    let mut conn = Conn::new(b.clone(), Arc::new(b.config.mqtt.clone()), t0, None);
     assert!(matches!(conn.handle(p, t0), Step::Close(_)));
     let out = drain(&mut conn, ProtocolVersion::V5);
     assert!(matches!(out.as_slice(), [Packet::ConnAck(a)] if a.reason_code == rc::TOPIC_NAME_INVALID), "{out:?}");
