@@ -37,6 +37,11 @@ pub struct Broker {
     next_message_id: AtomicU64,
     /// Will-delay and expiry deadlines of offline sessions, driven through `next_timeout`/`handle_timeout`.
     timers: OfflineTimers,
+    /// Retained messages whose store commit has not been seen yet, in ticket order: they become retained in
+    /// memory only once committed (`settle_committed`), so a publish refused for a failed commit is not retained.
+    pending_retained: parking_lot::Mutex<std::collections::VecDeque<(u64, Arc<Message>)>>,
+    /// `pending_retained.len()`, read without the lock on every settle.
+    pending_retained_len: std::sync::atomic::AtomicUsize,
 }
 
 /// The outcome of routing one client PUBLISH.
@@ -107,6 +112,8 @@ impl Broker {
             store,
             next_message_id: AtomicU64::new(next_message_id.max(1)),
             timers: OfflineTimers::default(),
+            pending_retained: Default::default(),
+            pending_retained_len: Default::default(),
         })
     }
 
@@ -138,6 +145,12 @@ impl Broker {
                 self.report_dropped(None, Some(client_id), reason);
             }
         }
+    }
+
+    /// True while the store's writer is far behind (`halyard_store::BACKLOG_HIGH` submits not committed):
+    /// publishers that wait for commits should stop reading until it catches up.
+    pub fn store_congested(&self) -> bool {
+        self.store.backlog() >= halyard_store::BACKLOG_HIGH
     }
 
     /// Submits store operations (none: ticket 0, nothing to wait for).
@@ -235,9 +248,6 @@ impl Broker {
             }
         };
         let retained = msg.retain && self.config.mqtt.retain_available;
-        if retained {
-            self.retainer.store(&msg);
-        }
         let mut targets = Vec::new();
         let matched = self.router.route(&msg, self.strategy(), &self.metrics, &mut targets);
         if matched == 0 {
@@ -267,14 +277,68 @@ impl Broker {
         ops.extend(with);
         // Stored first, queued second: a subscriber's acknowledgement (its Dequeue) cannot overtake the Enqueue.
         let ticket = self.submit(ops);
+        // A QoS 1/2 publish is refused to its publisher when its commit fails (0x97), so nothing of it may reach
+        // anyone first: refused now, it goes nowhere; accepted, its deliveries and its retained copy wait for the
+        // commit. QoS 0 is never refused, so it never waits.
+        let refusable = msg.qos != QoS::AtMostOnce;
+        let wait = match &ticket {
+            Err(_) if refusable => return Published { matched, ticket },
+            Ok(t) if refusable && *t > self.store.committed() => *t,
+            _ => 0,
+        };
+        if retained {
+            self.retain(msg.clone(), ticket.as_ref().copied().unwrap_or(0), wait != 0);
+        }
         let mut drops = Vec::new();
-        for (session, d) in targets {
+        for (session, mut d) in targets {
+            d.commit = wait;
             if session.push(d, self, &mut drops) {
                 congested.push(session);
             }
         }
         self.submit_logged(drops);
         Published { matched, ticket }
+    }
+
+    /// Makes `msg` the retained message of its topic now, or once `ticket` commits when `wait` is set. Retained
+    /// messages take effect in publish order: while earlier ones wait, a later one waits behind them.
+    fn retain(&self, msg: Arc<Message>, ticket: u64, wait: bool) {
+        if !wait && self.pending_retained_len.load(Ordering::Acquire) == 0 {
+            self.retainer.store(&msg);
+            return;
+        }
+        let mut pending = self.pending_retained.lock();
+        if self.store.is_unavailable() {
+            // What still waits will never commit: it is not retained, and nothing may queue behind it for ever.
+            pending.clear();
+            self.pending_retained_len.store(0, Ordering::Release);
+            if !wait {
+                self.retainer.store(&msg);
+            }
+            return;
+        }
+        let ticket = pending.back().map_or(ticket, |(last, _)| ticket.max(*last));
+        pending.push_back((ticket, msg));
+        self.pending_retained_len.store(pending.len(), Ordering::Release);
+        drop(pending);
+        self.settle_committed(0);
+    }
+
+    /// Applies what waited for a store commit that has now happened (`seen`: a commit the caller learnt of from
+    /// the store's watch channel, which is updated before `committed()`). Retained messages whose commit failed
+    /// never take effect. Cheap when nothing waits: one atomic load.
+    pub fn settle_committed(&self, seen: u64) {
+        if self.pending_retained_len.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let committed = self.store.committed().max(seen);
+        let mut pending = self.pending_retained.lock();
+        while pending.front().is_some_and(|(t, _)| *t <= committed) {
+            if let Some((_, m)) = pending.pop_front() {
+                self.retainer.store(&m);
+            }
+        }
+        self.pending_retained_len.store(pending.len(), Ordering::Release);
     }
 
     /// Hands shared-subscription deliveries of `leaving` to other members of their groups: the new entries are

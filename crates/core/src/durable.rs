@@ -107,6 +107,7 @@ impl Broker {
                     sub_ids: meta.sub_ids,
                     shared: meta.shared,
                     seq,
+                    commit: 0,
                 };
                 found.insert(seq, d);
             }
@@ -200,6 +201,7 @@ impl Broker {
                                 sub_ids: meta.sub_ids,
                                 shared: meta.shared,
                                 seq,
+                                commit: 0,
                             };
                             state.last_packet_id = state.last_packet_id.max(meta.packet_id);
                             state.inflight.push_back(InflightEntry {

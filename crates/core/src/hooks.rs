@@ -261,6 +261,8 @@ pub enum DropReason {
     AwaitingRelFull,
     /// A `message.publish` callback stopped it (`dropped_by_hook`).
     StoppedByHook,
+    /// Its store commit failed, so its publisher was refused and it goes to nobody (`dropped_store_failed`).
+    StoreFailed,
 }
 
 impl DropReason {
@@ -275,6 +277,7 @@ impl DropReason {
             DropReason::SessionEnded => &m.dropped_session_ended,
             DropReason::AwaitingRelFull => &m.dropped_awaiting_rel_full,
             DropReason::StoppedByHook => &m.dropped_by_hook,
+            DropReason::StoreFailed => &m.dropped_store_failed,
         }
     }
 }

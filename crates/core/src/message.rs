@@ -63,4 +63,8 @@ pub struct Delivery {
     /// Position in the session's durable queue; 0 when the delivery is not stored (QoS 0, or a session that
     /// ends with its connection).
     pub seq: u64,
+    /// The store ticket that must commit before this delivery may go out (0: none). A QoS 1/2 publish whose
+    /// commit fails is refused to its publisher, so nothing of it may have reached anyone: its deliveries wait
+    /// in their queues until the commit, and are dropped if it fails (docs/architecture.md, "Store failure").
+    pub commit: u64,
 }

@@ -45,6 +45,8 @@ counters! {
     dropped_not_authorized,
     /// Messages a `message.publish` hook stopped (delivered to nobody, not retained).
     dropped_by_hook,
+    /// Deliveries discarded because the commit of their publish failed (the publisher was refused).
+    dropped_store_failed,
     /// Times a publisher was held back because a subscriber's queue passed its high-water mark.
     backpressure_waits,
     /// Hold-backs that ended by the time limit rather than by the subscriber draining.

@@ -152,5 +152,13 @@ fn delivery(
     sub_ids: Vec<u32>,
     shared: Option<Arc<SharedOrigin>>,
 ) -> Delivery {
-    Delivery { msg: msg.clone(), qos: msg.qos.min(granted), retain: rap && msg.retain, sub_ids, shared, seq: 0 }
+    Delivery {
+        msg: msg.clone(),
+        qos: msg.qos.min(granted),
+        retain: rap && msg.retain,
+        sub_ids,
+        shared,
+        seq: 0,
+        commit: 0,
+    }
 }

@@ -52,11 +52,14 @@ impl Queued {
 #[derive(Debug)]
 enum Slot {
     Ready(Delivery),
-    /// Positions `first .. first + len`, all QoS 1/2 (only those are stored), all shared or all not.
+    /// Positions `first .. first + len`, all QoS 1/2 (only those are stored), all shared or all not. `commit`:
+    /// the store ticket the newest of them waits for (0: all committed), so draining the run never waits on
+    /// the disk for an entry that is not there yet.
     StoredRun {
         first: u64,
         len: u64,
         shared: bool,
+        commit: u64,
     },
 }
 
@@ -77,21 +80,31 @@ impl MQueue {
         self.len += 1;
     }
 
-    fn push_stored(&mut self, seq: u64, shared: bool) {
+    fn push_stored(&mut self, seq: u64, shared: bool, commit: u64) {
         self.len += 1;
-        if let Some(Slot::StoredRun { first, len, shared: s }) = self.slots.back_mut() {
+        if let Some(Slot::StoredRun { first, len, shared: s, commit: c }) = self.slots.back_mut() {
             if *first + *len == seq && *s == shared {
                 *len += 1;
+                *c = (*c).max(commit);
                 return;
             }
         }
-        self.slots.push_back(Slot::StoredRun { first: seq, len: 1, shared });
+        self.slots.push_back(Slot::StoredRun { first: seq, len: 1, shared, commit });
     }
 
     fn push(&mut self, q: Queued) {
         match q {
             Queued::Ready(d) => self.push_ready(d),
-            Queued::Stored { seq, shared, .. } => self.push_stored(seq, shared),
+            Queued::Stored { seq, shared, .. } => self.push_stored(seq, shared, 0),
+        }
+    }
+
+    /// The store ticket the front slot waits for (0: none).
+    fn front_commit(&self) -> u64 {
+        match self.slots.front() {
+            Some(Slot::Ready(d)) => d.commit,
+            Some(Slot::StoredRun { commit, .. }) => *commit,
+            None => 0,
         }
     }
 
@@ -108,7 +121,7 @@ impl MQueue {
                 Some(Slot::Ready(d)) => Queued::Ready(d),
                 _ => return None,
             },
-            Slot::StoredRun { first, len, shared } => {
+            Slot::StoredRun { first, len, shared, .. } => {
                 let q = Queued::Stored { seq: *first, qos: QoS::AtLeastOnce, shared: *shared };
                 *first += 1;
                 *len -= 1;
@@ -231,7 +244,7 @@ impl SessionHandle {
             }
             // Offline and stored: the store holds it; the queue keeps its place only.
             if !online && d.seq != 0 {
-                q.push_stored(d.seq, d.shared.is_some());
+                q.push_stored(d.seq, d.shared.is_some(), d.commit);
             } else {
                 q.push_ready(d);
             }
@@ -309,10 +322,16 @@ impl SessionHandle {
     }
 
     /// Pops deliveries in order into `out`: QoS 0 ones freely, QoS 1/2 ones only while `qos12_room` lasts, and at
-    /// most `max` in all. Stops at the first QoS 1/2 delivery that does not fit, so order is kept.
-    pub fn take(&self, mut qos12_room: usize, max: usize, out: &mut Vec<Queued>) {
+    /// most `max` in all. Stops at the first QoS 1/2 delivery that does not fit, so order is kept, and at the
+    /// first whose store ticket is above `committed` (its publish may still be refused); returns true then.
+    pub fn take(&self, mut qos12_room: usize, max: usize, committed: u64, out: &mut Vec<Queued>) -> bool {
         let mut q = self.queue.lock();
+        let mut gated = false;
         while out.len() < max {
+            if q.front_commit() > committed {
+                gated = true;
+                break;
+            }
             match q.front_qos() {
                 Some(qos) if qos != QoS::AtMostOnce && qos12_room == 0 => break,
                 Some(_) => {}
@@ -329,6 +348,7 @@ impl SessionHandle {
             self.stalled.store(false, Ordering::Relaxed);
             self.drained.notify_waiters();
         }
+        gated
     }
 
     pub fn queue_len(&self) -> usize {
@@ -364,7 +384,7 @@ impl SessionHandle {
         for slot in q.slots.drain(..) {
             match slot {
                 Slot::Ready(d) => ready.push(d),
-                Slot::StoredRun { first, len, shared: true } => shared.extend(first..first + len),
+                Slot::StoredRun { first, len, shared: true, .. } => shared.extend(first..first + len),
                 Slot::StoredRun { len, .. } => on_disk += len as usize,
             }
         }
@@ -380,7 +400,7 @@ impl SessionHandle {
         let mut spilled = MQueue::default();
         while let Some(slot) = q.pop_front() {
             match slot {
-                Queued::Ready(d) if d.seq != 0 => spilled.push_stored(d.seq, d.shared.is_some()),
+                Queued::Ready(d) if d.seq != 0 => spilled.push_stored(d.seq, d.shared.is_some(), d.commit),
                 other => spilled.push(other),
             }
         }
@@ -589,10 +609,10 @@ mod tests {
     fn consecutive_stored_positions_share_one_slot_and_pop_in_order() {
         let mut q = MQueue::default();
         for seq in 1..=1000 {
-            q.push_stored(seq, false);
+            q.push_stored(seq, false, 0);
         }
-        q.push_stored(1002, false); // a gap starts a new run
-        q.push_stored(1003, true); // so does a change of `shared`
+        q.push_stored(1002, false, 0); // a gap starts a new run
+        q.push_stored(1003, true, 0); // so does a change of `shared`
         assert_eq!(q.len(), 1002);
         assert_eq!(q.slots.len(), 3, "1000 consecutive positions take one slot");
         let mut seqs = Vec::new();

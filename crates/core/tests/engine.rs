@@ -45,7 +45,7 @@ async fn watcher(b: &Arc<Broker>, filter: &str, now: Instant) -> Attached {
 /// Topics queued for the session, in order (taken out of its queue).
 fn queued_topics(a: &Attached) -> Vec<String> {
     let mut out = Vec::new();
-    a.handle.take(usize::MAX, usize::MAX, &mut out);
+    a.handle.take(usize::MAX, usize::MAX, u64::MAX, &mut out);
     out.into_iter()
         .map(|q| match q {
             Queued::Ready(d) => d.msg.topic.to_string(),

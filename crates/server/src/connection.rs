@@ -28,6 +28,8 @@ const HELD_MAX: usize = 1024;
 /// buffers they came in, so this, not their count, bounds the memory they pin (1,024 large packets would be
 /// hundreds of MiB).
 const HELD_READ_MAX: usize = 1024 * 1024;
+/// Acknowledgements one connection may have waiting for store commits before it stops reading.
+const PENDING_ACKS_MAX: usize = 1024;
 /// The longest a publisher is held back at once.
 const HOLD_LIMIT: Duration = Duration::from_secs(2);
 /// How long a closing connection may take to flush its last packets and see the client close.
@@ -149,8 +151,10 @@ impl Link {
         let rbuf = &mut rbuf;
         let mut hold = Hold::default();
         let hold = &mut hold;
-        // Made per busy period: a connection parks only with no acknowledgement waiting for a commit.
+        // Made per busy period: a connection parks only with nothing waiting for a commit.
         let mut commits = broker.store.commits();
+        // Set once the store failed (its watch closed): nothing will commit any more.
+        let mut commits_closed = false;
         match wake {
             Wake::Control(Ok(ctl)) => {
                 return Err(take_over(conn, ctl, rd, rbuf, hold, broker, zone, control_tx).await);
@@ -189,14 +193,25 @@ impl Link {
             } else if hold.until.is_none() {
                 hold.until = Some(now + HOLD_LIMIT);
             }
-            let want_read =
-                conn.out.len() < OUT_HIGH_WATER && hold.held.len() < HELD_MAX && hold.read_while_held < HELD_READ_MAX;
+            if conn.waits_for_commit() {
+                // A commit may have been announced before this busy period's receiver existed.
+                let seen = *commits.borrow();
+                conn.on_commit(seen, now);
+            }
+            let store_holds_us = store_holds(conn, broker);
+            let want_read = conn.out.len() < OUT_HIGH_WATER
+                && hold.held.len() < HELD_MAX
+                && hold.read_while_held < HELD_READ_MAX
+                && !store_holds_us;
             let want_fill = session.is_some() && conn.wants_deliveries();
-            let pending_acks = conn.has_pending_acks();
+            let waits_for_commit = conn.waits_for_commit() && !commits_closed;
             // Not before CONNECT (a parked connection without a session is not woken at shutdown; the connect
             // timeout bounds those anyway), and not with part of a packet read.
-            let may_rest =
-                conn.is_connected() && conn.out.is_empty() && !hold.active() && !pending_acks && rbuf.is_empty();
+            let may_rest = conn.is_connected()
+                && conn.out.is_empty()
+                && !hold.active()
+                && !conn.waits_for_commit()
+                && rbuf.is_empty();
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Err(shutting_down()),
@@ -261,14 +276,30 @@ impl Link {
                     conn.submit_ops();
                 }
                 // Boxed, and built only while they matter: they are needed only while publishing.
-                r = when(pending_acks, || Box::pin(commits.changed())) => {
+                r = when(waits_for_commit, || Box::pin(commits.changed())) => {
                     if r.is_err() {
-                        // The store failed: what waits for it will never be acknowledged.
-                        return Err(Close::error(rc::QUOTA_EXCEEDED, "the store cannot take messages"));
+                        commits_closed = true;
+                        if conn.has_pending_acks() {
+                            // The store failed: what waits for it will never be acknowledged.
+                            return Err(Close::error(rc::QUOTA_EXCEEDED, "the store cannot take messages"));
+                        }
+                        // Deliveries of publishes whose commit failed: dropped, never sent.
+                        conn.fill(Instant::now());
+                        conn.submit_ops();
+                        continue;
                     }
                     // The value the watch delivered, not `committed()`: the store updates the watch first.
                     let seen = *commits.borrow_and_update();
-                    conn.release_acks(seen);
+                    conn.on_commit(seen, Instant::now());
+                    // Packets left unprocessed while the store held this publisher back.
+                    if !rbuf.is_empty() && !store_holds(conn, broker) {
+                        if let Some(c) = process(conn, rbuf, hold, broker, zone, control_tx, true).await {
+                            return Err(c);
+                        }
+                        conn.release_acks(0);
+                        conn.fill(Instant::now());
+                    }
+                    conn.submit_ops();
                 }
                 _ = when(!hold.waiting_on.is_empty(), || Box::pin(drained(hold.waiting_on.clone(), broker.clone(), hold.until))) => {
                     hold.waiting_on.clear();
@@ -419,6 +450,13 @@ impl Hold {
     }
 }
 
+/// A publisher whose acknowledgements wait for the store stops taking packets while the store is far behind or
+/// it has many acknowledgements waiting: it waits for commits instead of piling up more work. Nothing blocks
+/// the thread meanwhile, so other connections go on.
+fn store_holds(conn: &Conn, broker: &Broker) -> bool {
+    conn.has_pending_acks() && (conn.pending_ack_count() >= PENDING_ACKS_MAX || broker.store_congested())
+}
+
 /// Acknowledgements of our deliveries and pings go through even while held back: the sessions we wait for may
 /// be waiting for exactly these (their inflight window), so holding them could deadlock two connections.
 fn passes_hold(p: &Packet) -> bool {
@@ -437,6 +475,10 @@ async fn process(
     respect_hold: bool,
 ) -> Option<Close> {
     loop {
+        if respect_hold && store_holds(conn, broker) {
+            // The rest stays in the read buffer until the store catches up (the commit branch resumes it).
+            return None;
+        }
         let packet = match halyard_codec::decode(rbuf, conn.version(), conn.max_packet_size()) {
             Ok(Some(p)) => p,
             Ok(None) => return None,

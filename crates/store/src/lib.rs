@@ -240,6 +240,11 @@ pub trait Store: Send + Sync + 'static {
     /// The highest ticket whose ops are committed (fsynced under [`Fsync::Batch`]).
     fn committed(&self) -> u64;
 
+    /// True once a commit has failed: no ticket above `committed()` will ever commit.
+    fn is_unavailable(&self) -> bool {
+        self.stats().unavailable
+    }
+
     /// Submits accepted but not yet committed (`flush` barriers included). Callers that can wait should
     /// stop submitting while this is at least [`BACKLOG_HIGH`] and wait on [`Store::commits`]. Once the
     /// store is unavailable it stays at the submits that will never commit.

@@ -248,6 +248,7 @@ impl Conn {
     /// Sends the waiting acknowledgements whose tickets are committed, in order. `seen` is a commit the
     /// caller learnt of another way (the store's watch channel, which is updated before `committed()`).
     pub fn release_acks(&mut self, seen: u64) {
+        self.broker.settle_committed(seen);
         let committed = self.broker.store.committed().max(seen);
         while self.pending_acks.front().is_some_and(|(t, _)| *t <= committed) {
             if let Some((_, p)) = self.pending_acks.pop_front() {
@@ -258,6 +259,10 @@ impl Conn {
 
     pub fn has_pending_acks(&self) -> bool {
         !self.pending_acks.is_empty()
+    }
+
+    pub fn pending_ack_count(&self) -> usize {
+        self.pending_acks.len()
     }
 
     fn ack_packet(&self, kind: fn(PubResp) -> Packet, packet_id: u16, code: u8, why: &str) -> Packet {

@@ -109,6 +109,10 @@ pub struct Conn {
     connect_expiry: u32,
     /// Bytes of the topic filters of this session's subscriptions, held to `mqtt.max_subscriptions_bytes`.
     subscription_bytes: usize,
+    /// The highest store commit the driver has told us of (the watch channel runs ahead of `committed()`).
+    commit_seen: u64,
+    /// The last fill stopped at a delivery whose publish has not committed yet.
+    gated: bool,
     /// The client connected with a private bridge protocol level (0x83 / 0x84): its subscriptions are no-local
     /// and retain-as-published, so a message it forwarded does not come back to it.
     bridge: bool,
@@ -171,6 +175,8 @@ impl Conn {
             connect_expiry: 0,
             bridge: false,
             subscription_bytes: 0,
+            commit_seen: 0,
+            gated: false,
             aliases: None,
             batch: Vec::new(),
             congested: Vec::new(),

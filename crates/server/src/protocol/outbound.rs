@@ -23,13 +23,25 @@ impl Conn {
         self.is_connected() && self.out.len() < OUT_HIGH_WATER
     }
 
-    /// Moves deliveries from the session queue to the output buffer while the window and buffer allow.
+    /// Moves deliveries from the session queue to the output buffer while the window and buffer allow. Stops at
+    /// a delivery whose publish has not committed yet (`waits_for_commit` then says so; the driver calls again
+    /// after the next commit).
     pub fn fill(&mut self, now: Instant) {
         let Some(session) = self.session.clone() else { return };
+        self.broker.settle_committed(self.commit_seen);
+        self.gated = false;
+        let committed = self.broker.store.committed().max(self.commit_seen);
         while self.wants_deliveries() {
             let room = self.inflight_limit().saturating_sub(self.state.inflight.len());
             let mut batch = std::mem::take(&mut self.batch);
-            session.take(room, FILL_BATCH, &mut batch);
+            if session.take(room, FILL_BATCH, committed, &mut batch) {
+                if self.broker.store.is_unavailable() {
+                    // Their commit will never come: take them anyway, `deliver` drops them.
+                    session.take(room.saturating_sub(batch.len()), FILL_BATCH, u64::MAX, &mut batch);
+                } else {
+                    self.gated = true;
+                }
+            }
             let n = batch.len();
             // Runs of slots whose message is on disk are read in one go, keeping queue order.
             let mut stored = Vec::new();
@@ -44,9 +56,25 @@ impl Conn {
             }
             self.deliver_stored(&session, &mut stored, now);
             self.batch = batch;
-            if n < FILL_BATCH {
+            if n < FILL_BATCH || self.gated {
                 break;
             }
+        }
+    }
+
+    /// True while something waits for a store commit: an acknowledgement, or a delivery whose publish has not
+    /// committed yet. The driver then watches the store's commits and calls `on_commit`.
+    pub fn waits_for_commit(&self) -> bool {
+        self.gated || !self.pending_acks.is_empty()
+    }
+
+    /// The store committed up to `seen` (from its watch channel): acknowledgements and deliveries waiting for it
+    /// go out.
+    pub fn on_commit(&mut self, seen: u64, now: Instant) {
+        self.commit_seen = self.commit_seen.max(seen);
+        self.release_acks(seen);
+        if self.gated {
+            self.fill(now);
         }
     }
 
@@ -61,6 +89,12 @@ impl Conn {
     }
 
     fn deliver(&mut self, d: Delivery, now: Instant) {
+        if d.commit > self.broker.store.committed().max(self.commit_seen) {
+            // Only taken when the store failed: its publisher was refused, so nobody may have it.
+            self.broker.dropped(Some(&d.msg), self.client_id(), DropReason::StoreFailed);
+            self.finished(&d);
+            return;
+        }
         if d.msg.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not delivered.
             self.dropped(&d, DropReason::Expired);

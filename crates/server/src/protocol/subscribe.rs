@@ -102,6 +102,7 @@ impl Conn {
                         sub_ids: sub_id.into_iter().collect(),
                         shared: None,
                         seq: 0,
+                        commit: 0,
                     };
                     if session.is_persistent() && d.qos != QoS::AtMostOnce && d.msg.id != 0 {
                         // The queue entry refers to the message, so the message goes into the store first.
