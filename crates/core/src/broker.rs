@@ -11,6 +11,7 @@ use crate::retainer::Retainer;
 use crate::router::{Router, SubEntry};
 use crate::session::{Control, SessionHandle, SessionState, Stage};
 use crate::timers::{Due, OfflineTimers};
+use crate::writes::Writes;
 use bytes::Bytes;
 use halyard_codec::{Properties, QoS, SubscriptionOptions, Utf8};
 use halyard_store::{MemoryStore, Op, Store, StoreError};
@@ -153,17 +154,37 @@ impl Broker {
         self.store.backlog() >= halyard_store::BACKLOG_HIGH
     }
 
-    /// Submits store operations (none: ticket 0, nothing to wait for).
-    pub fn submit(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
+    /// Submits the store work a connection gathered (none: ticket 0, nothing to wait for); its ticket is
+    /// committed once `committed() >= ticket`.
+    pub fn submit(&self, writes: Writes) -> Result<u64, StoreError> {
+        self.submit_ops(writes.0)
+    }
+
+    pub(crate) fn submit_ops(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
         if ops.is_empty() {
             return Ok(0);
         }
         self.store.submit(ops)
     }
 
+    /// The highest committed store ticket.
+    pub fn committed(&self) -> u64 {
+        self.store.committed()
+    }
+
+    /// Carries `committed()` after each commit; closed (`Err` on wait) once the store failed.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.commits()
+    }
+
+    /// True once a store commit failed: nothing above `committed()` will ever commit.
+    pub fn store_unavailable(&self) -> bool {
+        self.store.is_unavailable()
+    }
+
     /// Submits operations nobody waits for; a failure is logged (the store refuses new work from then on).
     fn submit_logged(&self, ops: Vec<Op>) {
-        if let Err(e) = self.submit(ops) {
+        if let Err(e) = self.submit_ops(ops) {
             tracing::error!(error = %e, "cannot write to the store");
         }
     }
@@ -192,20 +213,31 @@ impl Broker {
     /// other sessions. Without it, a restart would route a resent PUBLISH again (a duplicate). One small
     /// row, not the session record: a session with many subscriptions would otherwise rewrite all of them
     /// for every QoS 2 message it publishes.
-    pub fn awaiting_rel_put(&self, handle: &SessionHandle, packet_id: u16) -> Option<Op> {
+    pub fn awaiting_rel_put(&self, handle: &SessionHandle, packet_id: u16) -> Writes {
         if !handle.is_persistent() {
-            return None;
+            return Writes::default();
         }
         // So that the session's end writes a DeleteSession, which also removes this id.
         handle.mark_stored();
-        Some(Op::PutAwaitingRel { client: handle.client_id.clone(), packet_id })
+        Writes::from_op(Some(Op::PutAwaitingRel { client: handle.client_id.clone(), packet_id }))
     }
 
     /// The op that forgets an inbound QoS 2 packet id once its PUBREL arrived (persistent sessions only).
     /// PUBCOMP must wait for it: the client may reuse the id right after, and a restart that still
     /// remembered it would take the new PUBLISH for a resend and drop it.
-    pub fn awaiting_rel_delete(&self, handle: &SessionHandle, packet_id: u16) -> Option<Op> {
-        handle.is_persistent().then(|| Op::DeleteAwaitingRel { client: handle.client_id.clone(), packet_id })
+    pub fn awaiting_rel_delete(&self, handle: &SessionHandle, packet_id: u16) -> Writes {
+        Writes::from_op(
+            handle.is_persistent().then(|| Op::DeleteAwaitingRel { client: handle.client_id.clone(), packet_id }),
+        )
+    }
+
+    /// Queues a retained message for a subscriber that just subscribed. For a persistent session a QoS 1/2 copy
+    /// is stored too: its queue entry refers to the message, so the message goes first.
+    pub fn queue_retained(&self, session: &SessionHandle, d: Delivery, writes: &mut Writes) {
+        if session.is_persistent() && d.qos != QoS::AtMostOnce && d.msg.id != 0 {
+            writes.push(Op::PutMessage { id: d.msg.id, data: persist::encode_message(&d.msg) });
+        }
+        let _ = session.push(d, self, &mut writes.0);
     }
 
     /// Stores the session's subscriptions after SUBSCRIBE/UNSUBSCRIBE (persistent sessions only).
@@ -222,7 +254,7 @@ impl Broker {
 
     /// Stores a retained message (when retain is available) and routes `msg` to its subscribers.
     pub fn publish(&self, msg: Arc<Message>) -> usize {
-        let p = self.publish_into(msg, Vec::new(), &mut Vec::new());
+        let p = self.publish_into(msg, Writes::default(), &mut Vec::new());
         if let Err(e) = &p.ticket {
             tracing::error!(error = %e, "cannot store a message");
         }
@@ -239,7 +271,7 @@ impl Broker {
     /// stop it. A stopped message goes to nobody and is not retained; it is counted (`dropped_by_hook`) and
     /// reported to `message.dropped` (`StoppedByHook`), and `with` is still submitted (the publisher's QoS 2
     /// state does not depend on where the message went).
-    pub fn publish_into(&self, msg: Arc<Message>, with: Vec<Op>, congested: &mut Vec<Arc<SessionHandle>>) -> Published {
+    pub fn publish_into(&self, msg: Arc<Message>, with: Writes, congested: &mut Vec<Arc<SessionHandle>>) -> Published {
         let msg = match self.hooks.message_publish.fold(msg, |f, m| f(m)) {
             Fold::Continue(m) => m,
             Fold::Stop(m) => {
@@ -274,9 +306,9 @@ impl Broker {
                 ops.push(Op::PutRetained { topic, data });
             }
         }
-        ops.extend(with);
+        ops.extend(with.0);
         // Stored first, queued second: a subscriber's acknowledgement (its Dequeue) cannot overtake the Enqueue.
-        let ticket = self.submit(ops);
+        let ticket = self.submit_ops(ops);
         // A QoS 1/2 publish is refused to its publisher when its commit fails (0x97), so nothing of it may reach
         // anyone first: refused now, it goes nowhere; accepted, its deliveries and its retained copy wait for the
         // commit. QoS 0 is never refused, so it never waits.

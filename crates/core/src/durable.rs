@@ -244,7 +244,7 @@ impl Broker {
             tracing::warn!(client_id = %client, ids = ids.len(), "store: packet ids awaiting PUBREL without a session; removed");
             ops.extend(ids.into_iter().map(|packet_id| Op::DeleteAwaitingRel { client: client.clone(), packet_id }));
         }
-        if let Err(e) = self.submit(ops) {
+        if let Err(e) = self.submit_ops(ops) {
             tracing::error!(error = %e, "cannot update the store after restoring (expired sessions, packet ids)");
         }
         for (handle, w) in due_wills_now {

@@ -17,6 +17,8 @@ pub mod router;
 pub mod session;
 pub mod shared;
 mod timers;
+pub mod writes;
 
 pub use broker::Broker;
 pub use message::{Delivery, Message};
+pub use writes::Writes;

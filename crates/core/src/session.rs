@@ -277,6 +277,22 @@ impl SessionHandle {
         }
     }
 
+    /// A stored delivery was sent as `packet_id` at `stage`: its entry remembers that, so after a restart it is
+    /// resent as the same packet (DUP) or continued with PUBREL.
+    pub fn record_sent(&self, d: &Delivery, packet_id: u16, stage: Stage, writes: &mut crate::Writes) {
+        if d.seq != 0 {
+            let meta = crate::persist::encode_meta(&crate::persist::EntryMeta::sent(d, packet_id, stage));
+            writes.push(Op::UpdateEntry { client: self.client_id.clone(), seq: d.seq, meta });
+        }
+    }
+
+    /// A delivery is complete (acknowledged, expired or dropped): its stored entry goes.
+    pub fn record_done(&self, d: &Delivery, writes: &mut crate::Writes) {
+        if d.seq != 0 {
+            writes.push(Op::Dequeue { client: self.client_id.clone(), seq: d.seq });
+        }
+    }
+
     /// Wakes the owning connection as a new delivery would (it then sees whatever changed, e.g. a shutdown).
     pub fn wake(&self) {
         self.notify.notify_one();

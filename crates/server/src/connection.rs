@@ -7,7 +7,7 @@ use crate::listener::OpenSlot;
 use crate::protocol::{Close, Conn, Step, OUT_HIGH_WATER};
 use bytes::BytesMut;
 use halyard_codec::reason::rc;
-use halyard_codec::{DecodeError, Packet};
+use halyard_codec::Packet;
 use halyard_core::config::MqttConfig;
 use halyard_core::metrics::Metrics;
 use halyard_core::session::{Control, SessionHandle};
@@ -152,7 +152,7 @@ impl Link {
         let mut hold = Hold::default();
         let hold = &mut hold;
         // Made per busy period: a connection parks only with nothing waiting for a commit.
-        let mut commits = broker.store.commits();
+        let mut commits = broker.commits();
         // Set once the store failed (its watch closed): nothing will commit any more.
         let mut commits_closed = false;
         match wake {
@@ -161,8 +161,7 @@ impl Link {
             }
             Wake::Control(Err(_)) => *control_open = false,
             Wake::Deliveries => {
-                conn.fill(Instant::now());
-                conn.submit_ops();
+                conn.after_input(Instant::now());
             }
             Wake::Other => {}
         }
@@ -226,8 +225,7 @@ impl Link {
                     }
                     // The queue's wake-up may have been spent while the buffer was full: look again now it drained.
                     if conn.wants_deliveries() {
-                        conn.fill(Instant::now());
-                        conn.submit_ops();
+                        conn.after_input(Instant::now());
                     }
                     conn.release_idle_buffers();
                 }
@@ -271,9 +269,7 @@ impl Link {
                     if rbuf.is_empty() {
                         *rbuf = BytesMut::new();
                     }
-                    conn.release_acks(0);
-                    conn.fill(Instant::now());
-                    conn.submit_ops();
+                    conn.after_input(Instant::now());
                 }
                 // Boxed, and built only while they matter: they are needed only while publishing.
                 r = when(waits_for_commit, || Box::pin(commits.changed())) => {
@@ -284,8 +280,7 @@ impl Link {
                             return Err(Close::error(rc::QUOTA_EXCEEDED, "the store cannot take messages"));
                         }
                         // Deliveries of publishes whose commit failed: dropped, never sent.
-                        conn.fill(Instant::now());
-                        conn.submit_ops();
+                        conn.after_input(Instant::now());
                         continue;
                     }
                     // The value the watch delivered, not `committed()`: the store updates the watch first.
@@ -296,10 +291,8 @@ impl Link {
                         if let Some(c) = process(conn, rbuf, hold, broker, zone, control_tx, true).await {
                             return Err(c);
                         }
-                        conn.release_acks(0);
-                        conn.fill(Instant::now());
                     }
-                    conn.submit_ops();
+                    conn.after_input(Instant::now());
                 }
                 _ = when(!hold.waiting_on.is_empty(), || Box::pin(drained(hold.waiting_on.clone(), broker.clone(), hold.until))) => {
                     hold.waiting_on.clear();
@@ -307,13 +300,10 @@ impl Link {
                     if let Some(c) = release(conn, hold, broker, zone, control_tx).await {
                         return Err(c);
                     }
-                    conn.release_acks(0);
-                    conn.fill(Instant::now());
-                    conn.submit_ops();
+                    conn.after_input(Instant::now());
                 }
                 _ = notified(session.as_deref()), if want_fill => {
-                    conn.fill(Instant::now());
-                    conn.submit_ops();
+                    conn.after_input(Instant::now());
                 }
                 _ = timer.as_mut() => {
                     conn.on_tick(Instant::now())?;
@@ -457,12 +447,6 @@ fn store_holds(conn: &Conn, broker: &Broker) -> bool {
     conn.has_pending_acks() && (conn.pending_ack_count() >= PENDING_ACKS_MAX || broker.store_congested())
 }
 
-/// Acknowledgements of our deliveries and pings go through even while held back: the sessions we wait for may
-/// be waiting for exactly these (their inflight window), so holding them could deadlock two connections.
-fn passes_hold(p: &Packet) -> bool {
-    matches!(p, Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) | Packet::PingReq)
-}
-
 /// Decodes and handles every complete packet in `rbuf`. Returns how the connection must end, if it must.
 /// `respect_hold`: false when the connection is being taken over (everything it got is processed now).
 async fn process(
@@ -482,12 +466,12 @@ async fn process(
         let packet = match halyard_codec::decode(rbuf, conn.version(), conn.max_packet_size()) {
             Ok(Some(p)) => p,
             Ok(None) => return None,
-            Err(e) => return Some(decode_failure(conn, e)),
+            Err(e) => return Some(conn.on_decode_error(e)),
         };
         if !respect_hold {
             hold.waiting_on.clear();
         }
-        if hold.active() && !passes_hold(&packet) {
+        if hold.active() && !Conn::passes_hold(&packet) {
             hold.held.push_back(packet);
             continue;
         }
@@ -576,17 +560,6 @@ async fn when<F: std::future::Future>(enabled: bool, make: impl FnOnce() -> std:
     } else {
         std::future::pending().await
     }
-}
-
-fn decode_failure(conn: &mut Conn, e: DecodeError) -> Close {
-    if !conn.is_connected() {
-        if e == DecodeError::UnsupportedProtocol {
-            // [MQTT-3.1.2-2] CONNACK 0x01 (unacceptable protocol version), then close.
-            conn.out.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]);
-        }
-        return Close { publish_will: false, ..Close::lost(format!("bad CONNECT: {e}")) };
-    }
-    Close::error(e.reason_code(), e.to_string())
 }
 
 async fn notified(session: Option<&SessionHandle>) {

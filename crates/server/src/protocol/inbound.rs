@@ -7,7 +7,7 @@ use halyard_codec::reason::rc;
 use halyard_codec::{Packet, PubResp, Publish, QoS, Utf8};
 use halyard_core::hooks::{Action, DropReason};
 use halyard_core::metrics::Metrics;
-use halyard_core::Message;
+use halyard_core::{Message, Writes};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,7 @@ impl Conn {
         match p.qos {
             QoS::AtMostOnce => {
                 if refusal.is_none() {
-                    self.route(p, now, Vec::new())?;
+                    self.route(p, now, Writes::default())?;
                 }
             }
             QoS::AtLeastOnce => {
@@ -63,7 +63,7 @@ impl Conn {
                 match refusal {
                     Some((code, why)) => self.send_ack(Packet::PubAck, pid, code, why),
                     None => {
-                        let (code, ticket) = self.route(p, now, Vec::new())?;
+                        let (code, ticket) = self.route(p, now, Writes::default())?;
                         self.ack_when_stored(Packet::PubAck, pid, code, ticket);
                     }
                 }
@@ -142,7 +142,7 @@ impl Conn {
     /// wait for. A store that refuses new work (disk full) gets QoS 1/2 refused: 0x97 for v5 [MQTT-4.13],
     /// a disconnect for v3, which has no way to say no.
     /// `with`: ops to commit atomically with the message.
-    fn route(&mut self, p: Publish, now: Instant, with: Vec<halyard_store::Op>) -> Result<(u8, u64), Close> {
+    fn route(&mut self, p: Publish, now: Instant, with: Writes) -> Result<(u8, u64), Close> {
         let qos = p.qos;
         let msg = self.message(p, now, self.broker.new_message_id());
         let published = self.broker.publish_into(Arc::new(msg), with, &mut self.congested);
@@ -198,28 +198,26 @@ impl Conn {
         };
         // PUBCOMP once the release is stored: the client may reuse the id right after, and a restart that still
         // remembered it would take the new PUBLISH for a resend and drop it.
-        let op = self.session.as_ref().and_then(|s| self.broker.awaiting_rel_delete(s, a.packet_id));
-        let ticket = match op {
-            None => 0,
-            Some(op) => match self.broker.submit(vec![op]) {
-                Ok(t) => t,
-                Err(e) => {
-                    // PUBCOMP has no refusal code, and any PUBCOMP frees the id: keep it and close instead; the
-                    // client resends PUBREL on its next connection [MQTT-4.4.0-1].
-                    tracing::warn!(error = %e, "store refuses new work: PUBREL not recorded");
-                    self.state.awaiting_rel.insert(a.packet_id, arrived);
-                    return Err(Close::error(rc::QUOTA_EXCEEDED, "the store cannot take messages"));
-                }
-            },
+        let release =
+            self.session.as_ref().map(|s| self.broker.awaiting_rel_delete(s, a.packet_id)).unwrap_or_default();
+        let ticket = match self.broker.submit(release) {
+            Ok(t) => t,
+            Err(e) => {
+                // PUBCOMP has no refusal code, and any PUBCOMP frees the id: keep it and close instead; the
+                // client resends PUBREL on its next connection [MQTT-4.4.0-1].
+                tracing::warn!(error = %e, "store refuses new work: PUBREL not recorded");
+                self.state.awaiting_rel.insert(a.packet_id, arrived);
+                return Err(Close::error(rc::QUOTA_EXCEEDED, "the store cannot take messages"));
+            }
         };
         self.ack_when_stored(Packet::PubComp, a.packet_id, rc::SUCCESS, ticket);
         Ok(())
     }
 
     /// The op storing inbound QoS 2 id `pid` as awaiting PUBREL, if the session is persistent.
-    fn awaiting_rel_put(&self, pid: u16) -> Vec<halyard_store::Op> {
-        let Some(session) = &self.session else { return Vec::new() };
-        self.broker.awaiting_rel_put(session, pid).into_iter().collect()
+    fn awaiting_rel_put(&self, pid: u16) -> Writes {
+        let Some(session) = &self.session else { return Writes::default() };
+        self.broker.awaiting_rel_put(session, pid)
     }
 
     /// PUBACK / PUBREC / PUBCOMP with a reason code (v5) and, for failures, a reason string.
@@ -238,7 +236,7 @@ impl Conn {
     /// then safe in every persistent session's queue), and after every acknowledgement queued before it.
     fn ack_when_stored(&mut self, kind: fn(PubResp) -> Packet, packet_id: u16, code: u8, ticket: u64) {
         let p = self.ack_packet(kind, packet_id, code, "");
-        if self.pending_acks.is_empty() && ticket <= self.broker.store.committed() {
+        if self.pending_acks.is_empty() && ticket <= self.broker.committed() {
             self.send_trimmed(p);
         } else {
             self.pending_acks.push_back((ticket, p));
@@ -249,7 +247,7 @@ impl Conn {
     /// caller learnt of another way (the store's watch channel, which is updated before `committed()`).
     pub fn release_acks(&mut self, seen: u64) {
         self.broker.settle_committed(seen);
-        let committed = self.broker.store.committed().max(seen);
+        let committed = self.broker.committed().max(seen);
         while self.pending_acks.front().is_some_and(|(t, _)| *t <= committed) {
             if let Some((_, p)) = self.pending_acks.pop_front() {
                 self.send_trimmed(p);

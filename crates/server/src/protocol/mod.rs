@@ -17,7 +17,7 @@ mod tests;
 pub use connect::ConnectRequest;
 
 use bytes::BytesMut;
-use halyard_codec::{reason::rc, Disconnect, Packet, ProtocolVersion, Utf8};
+use halyard_codec::{reason::rc, DecodeError, Disconnect, Packet, ProtocolVersion, Utf8};
 use halyard_core::broker::{Attached, DetachReason, Will};
 use halyard_core::config::MqttConfig;
 use halyard_core::hooks::{Action, AuthzResult, ClientInfo, DisconnectReason};
@@ -126,7 +126,7 @@ pub struct Conn {
     /// Acknowledgements waiting for their store ticket to commit, in the order they must go out.
     pending_acks: std::collections::VecDeque<(u64, Packet)>,
     /// Store operations gathered while handling packets and deliveries; the driver submits them in one go.
-    ops: Vec<halyard_store::Op>,
+    ops: halyard_core::Writes,
 }
 
 /// The topic aliases of one connection [MQTT-3.3.2-7 .. -12].
@@ -181,7 +181,47 @@ impl Conn {
             batch: Vec::new(),
             congested: Vec::new(),
             pending_acks: std::collections::VecDeque::new(),
-            ops: Vec::new(),
+            ops: halyard_core::Writes::default(),
+        }
+    }
+
+    /// What follows handling input (packets, a drained backlog): acknowledgements whose commits are done go out,
+    /// then deliveries as the window allows, then the store work gathered meanwhile is submitted in one go.
+    pub fn after_input(&mut self, now: Instant) {
+        self.release_acks(0);
+        self.fill(now);
+        self.submit_ops();
+    }
+
+    /// Acknowledgements of our deliveries and pings are handled even while this publisher is held back by a
+    /// subscriber's backlog: the sessions it waits for may be waiting for exactly these (their inflight window),
+    /// so holding them could deadlock two connections. Everything else waits its turn, in order.
+    pub fn passes_hold(p: &Packet) -> bool {
+        matches!(p, Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) | Packet::PingReq)
+    }
+
+    /// The bytes could not be decoded: how the connection ends. Before CONNECT only an unsupported protocol
+    /// level gets an answer (CONNACK 0x01, in the 3.1.1 format every level understands [MQTT-3.1.2-2]); after
+    /// it, a v5 client gets DISCONNECT with the decoder's reason code.
+    pub fn on_decode_error(&mut self, e: DecodeError) -> Close {
+        if !self.is_connected() {
+            if e == DecodeError::UnsupportedProtocol {
+                self.send_v4(&Packet::ConnAck(halyard_codec::ConnAck {
+                    session_present: false,
+                    reason_code: halyard_codec::reason::v3::UNACCEPTABLE_PROTOCOL_VERSION,
+                    properties: Default::default(),
+                }));
+            }
+            return Close { publish_will: false, ..Close::lost(format!("bad CONNECT: {e}")) };
+        }
+        Close::error(e.reason_code(), e.to_string())
+    }
+
+    /// Encodes a packet in the 3.1.1 format whatever the connection's version (a refusal before the version is
+    /// known).
+    fn send_v4(&mut self, p: &Packet) {
+        if let Err(e) = halyard_codec::encode(p, ProtocolVersion::V4, &mut self.out) {
+            tracing::warn!(error = %e, packet = p.name(), "cannot encode packet");
         }
     }
 

@@ -7,10 +7,8 @@ use halyard_codec::reason::rc;
 use halyard_codec::{Packet, ProtocolVersion, PubResp, Publish, QoS, Utf8};
 use halyard_core::hooks::DropReason;
 use halyard_core::metrics::Metrics;
-use halyard_core::persist::{encode_meta, EntryMeta};
 use halyard_core::session::{InflightEntry, Queued, SessionHandle, Stage};
 use halyard_core::Delivery;
-use halyard_store::Op;
 use std::time::Instant;
 
 impl Conn {
@@ -30,12 +28,12 @@ impl Conn {
         let Some(session) = self.session.clone() else { return };
         self.broker.settle_committed(self.commit_seen);
         self.gated = false;
-        let committed = self.broker.store.committed().max(self.commit_seen);
+        let committed = self.broker.committed().max(self.commit_seen);
         while self.wants_deliveries() {
             let room = self.inflight_limit().saturating_sub(self.state.inflight.len());
             let mut batch = std::mem::take(&mut self.batch);
             if session.take(room, FILL_BATCH, committed, &mut batch) {
-                if self.broker.store.is_unavailable() {
+                if self.broker.store_unavailable() {
                     // Their commit will never come: take them anyway, `deliver` drops them.
                     session.take(room.saturating_sub(batch.len()), FILL_BATCH, u64::MAX, &mut batch);
                 } else {
@@ -89,7 +87,7 @@ impl Conn {
     }
 
     fn deliver(&mut self, d: Delivery, now: Instant) {
-        if d.commit > self.broker.store.committed().max(self.commit_seen) {
+        if d.commit > self.broker.committed().max(self.commit_seen) {
             // Only taken when the store failed: its publisher was refused, so nobody may have it.
             self.broker.dropped(Some(&d.msg), self.client_id(), DropReason::StoreFailed);
             self.finished(&d);
@@ -184,11 +182,8 @@ impl Conn {
     /// A stored delivery remembers its packet id and stage, so that after a restart it is resent as the same
     /// packet (DUP) or continued with PUBREL.
     fn record_progress(&mut self, d: &Delivery, packet_id: u16, stage: Stage) {
-        if d.seq != 0 {
-            if let Some(s) = &self.session {
-                let meta = encode_meta(&EntryMeta::sent(d, packet_id, stage));
-                self.ops.push(Op::UpdateEntry { client: s.client_id.clone(), seq: d.seq, meta });
-            }
+        if let Some(s) = &self.session {
+            s.record_sent(d, packet_id, stage, &mut self.ops);
         }
     }
 
@@ -207,10 +202,8 @@ impl Conn {
 
     /// The delivery is complete: its stored entry goes.
     fn finished(&mut self, d: &Delivery) {
-        if d.seq != 0 {
-            if let Some(s) = &self.session {
-                self.ops.push(Op::Dequeue { client: s.client_id.clone(), seq: d.seq });
-            }
+        if let Some(s) = &self.session {
+            s.record_done(d, &mut self.ops);
         }
     }
 

@@ -104,12 +104,7 @@ impl Conn {
                         seq: 0,
                         commit: 0,
                     };
-                    if session.is_persistent() && d.qos != QoS::AtMostOnce && d.msg.id != 0 {
-                        // The queue entry refers to the message, so the message goes into the store first.
-                        let data = halyard_core::persist::encode_message(&d.msg);
-                        self.ops.push(halyard_store::Op::PutMessage { id: d.msg.id, data });
-                    }
-                    let _ = session.push(d, &self.broker, &mut self.ops);
+                    self.broker.queue_retained(&session, d, &mut self.ops);
                 }
             }
         }
