@@ -3,17 +3,20 @@
 
 use crate::config::{Config, MqttConfig, SharedStrategy};
 use crate::hooks::{DropReason, Dropped, Fold, Hooks, TerminateReason};
+use crate::message::Stage;
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::persist::{self, SessionRecord};
 use crate::registry::Registry;
 use crate::retainer::Retainer;
-use crate::router::{Router, SubEntry};
-use crate::session::{Control, SessionHandle, SessionState, Stage};
+use crate::router::Router;
+use crate::session::{Control, SessionHandle, SessionState};
+use crate::subscription::SubEntry;
 use crate::timers::{Due, OfflineTimers};
+/// Kept here too: the will is what a connection hands the broker when it detaches.
+pub use crate::will::Will;
 use crate::writes::Writes;
-use bytes::Bytes;
-use halyard_codec::{Properties, QoS, SubscriptionOptions, Utf8};
+use halyard_codec::{QoS, SubscriptionOptions};
 use halyard_store::{MemoryStore, Op, Store, StoreError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,20 +55,6 @@ pub struct Published {
     pub matched: usize,
     /// The store ticket to wait for before acknowledging (0: nothing was stored), or why it cannot be stored.
     pub ticket: Result<u64, StoreError>,
-}
-
-/// A will message waiting for its connection to end [MQTT-3.1.2-8].
-#[derive(Debug, Clone)]
-pub struct Will {
-    pub topic: Utf8,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
-    pub properties: Option<Box<Properties>>,
-    /// Message Expiry Interval of the will, counted from when it is published.
-    pub message_expiry: Option<u32>,
-    /// Will Delay Interval in seconds.
-    pub delay: u32,
 }
 
 /// A session handed to a connection.

@@ -2,12 +2,13 @@
 //! session routable again (subscriptions, queue, in-flight state, pending will and expiry timers), end the
 //! sessions whose expiry passed while the broker was down (their wills go out), and restore retained messages.
 
-use crate::broker::{Broker, Will};
+use crate::broker::Broker;
 use crate::config::{Config, FsyncMode};
 use crate::message::{Delivery, Message};
 use crate::persist::{self, Corrupt};
-use crate::router::SubEntry;
 use crate::session::{InflightEntry, Queued, SessionHandle, SessionState};
+use crate::subscription::SubEntry;
+use crate::will::Will;
 use halyard_store::{Fsync, Op, RedbStore, Restored, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;

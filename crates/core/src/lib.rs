@@ -16,7 +16,9 @@ pub mod retainer;
 pub mod router;
 pub mod session;
 pub mod shared;
+pub mod subscription;
 mod timers;
+pub mod will;
 pub mod writes;
 
 pub use broker::Broker;

@@ -2,9 +2,10 @@
 //! compact versioned blob the store keeps opaque. A message is stored as an MQTT 5 PUBLISH (our codec already
 //! carries every property) behind a small header with what PUBLISH cannot say (publisher, absolute expiry).
 
-use crate::broker::Will;
+use crate::message::Stage;
 use crate::message::{Message, SharedOrigin};
-use crate::session::{Stage, SubscriptionRecord};
+use crate::subscription::SubscriptionRecord;
+use crate::will::Will;
 use bytes::{BufMut, Bytes, BytesMut};
 use halyard_codec::{Packet, Properties, ProtocolVersion, Publish, QoS, SubscriptionOptions, Utf8};
 use std::collections::HashMap;

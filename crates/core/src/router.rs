@@ -7,18 +7,11 @@ use crate::message::{Delivery, Message, SharedOrigin};
 use crate::metrics::Metrics;
 use crate::session::{SessionHandle, SessionId};
 use crate::shared::SharedGroup;
-use halyard_codec::{QoS, SubscriptionOptions};
+pub use crate::subscription::SubEntry;
+use halyard_codec::QoS;
 use halyard_topic::SubscriptionTrie;
 use parking_lot::RwLock;
 use std::sync::Arc;
-
-/// A subscription as the router matches it.
-#[derive(Debug, Clone)]
-pub struct SubEntry {
-    pub session: Arc<SessionHandle>,
-    pub options: SubscriptionOptions,
-    pub sub_id: Option<u32>,
-}
 
 #[derive(Debug, Default)]
 pub struct Router {

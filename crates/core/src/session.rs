@@ -7,7 +7,9 @@
 
 use crate::hooks::DropReason;
 use crate::message::Delivery;
-use halyard_codec::{QoS, SubscriptionOptions};
+pub use crate::message::Stage;
+pub use crate::subscription::SubscriptionRecord;
+use halyard_codec::QoS;
 use halyard_store::Op;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -179,7 +181,7 @@ pub struct SessionHandle {
     parked: Mutex<Option<Box<SessionState>>>,
     /// A will waiting for its delay while the session is offline. Whatever ends the session first (the delay,
     /// the session's expiry, a clean start) takes and publishes it; a resume cancels it.
-    pending_will: Mutex<Option<Box<crate::broker::Will>>>,
+    pending_will: Mutex<Option<Box<crate::will::Will>>>,
     /// How to reach the owning connection; used at most once (a takeover), hence a oneshot.
     owner: Mutex<Option<oneshot::Sender<Control>>>,
     /// Serialises connects of the same client id, so a takeover is one step even when clients race.
@@ -521,11 +523,11 @@ impl SessionHandle {
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    pub(crate) fn set_pending_will(&self, w: crate::broker::Will) {
+    pub(crate) fn set_pending_will(&self, w: crate::will::Will) {
         *self.pending_will.lock() = Some(Box::new(w));
     }
 
-    pub(crate) fn take_pending_will(&self) -> Option<crate::broker::Will> {
+    pub(crate) fn take_pending_will(&self) -> Option<crate::will::Will> {
         self.pending_will.lock().take().map(|w| *w)
     }
 
@@ -552,24 +554,6 @@ fn high_water(max_queue_len: usize) -> usize {
 
 fn low_water(max_queue_len: usize) -> usize {
     high_water(max_queue_len) / 2
-}
-
-/// One subscription as the session remembers it (the router holds its own copy for matching).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubscriptionRecord {
-    pub options: SubscriptionOptions,
-    pub sub_id: Option<u32>,
-}
-
-/// Where an outbound QoS 1/2 message stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// QoS 1 PUBLISH sent, waiting for PUBACK.
-    AwaitPubAck,
-    /// QoS 2 PUBLISH sent, waiting for PUBREC.
-    AwaitPubRec,
-    /// PUBREL sent, waiting for PUBCOMP.
-    AwaitPubComp,
 }
 
 #[derive(Debug, Clone)]

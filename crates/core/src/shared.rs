@@ -3,8 +3,8 @@
 //! only when no member is online, so that persistent members still queue rather than lose the message).
 
 use crate::config::SharedStrategy;
-use crate::router::SubEntry;
 use crate::session::SessionId;
+use crate::subscription::SubEntry;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
