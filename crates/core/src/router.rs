@@ -162,3 +162,6 @@ fn delivery(
         commit: 0,
     }
 }
+
+#[cfg(test)]
+mod tests;
