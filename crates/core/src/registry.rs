@@ -56,3 +56,69 @@ impl Registry {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make(id: SessionId, client_id: Arc<str>) -> SessionHandle {
+        SessionHandle::new(id, client_id, 100, false)
+    }
+
+    #[test]
+    fn get_or_insert_with_creates_once_and_then_returns_the_same_handle() {
+        let r = Registry::default();
+        let (first, created) = r.get_or_insert_with("c", make);
+        assert!(created);
+        let (again, created) = r.get_or_insert_with("c", |_, _| panic!("must not make a second session"));
+        assert!(!created);
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(Arc::ptr_eq(&r.get("c").expect("registered"), &first));
+        assert_eq!(&*first.client_id, "c");
+    }
+
+    #[test]
+    fn ids_are_unique_and_never_reused() {
+        let r = Registry::default();
+        let (a, _) = r.get_or_insert_with("a", make);
+        let (b, _) = r.get_or_insert_with("b", make);
+        r.remove(&a);
+        let (a2, created) = r.get_or_insert_with("a", make);
+        assert!(created, "a new session after the old one was removed");
+        let ids = [a.id, b.id, a2.id];
+        assert!(ids.iter().all(|&id| id != 0), "0 is never an id: {ids:?}");
+        assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "{ids:?}");
+    }
+
+    #[test]
+    fn remove_only_removes_the_handle_it_is_given() {
+        let r = Registry::default();
+        let (old, _) = r.get_or_insert_with("c", make);
+        r.remove(&old);
+        assert!(r.get("c").is_none());
+        let (new, _) = r.get_or_insert_with("c", make);
+        // A late removal of the old session must not take the new one with it.
+        r.remove(&old);
+        assert!(Arc::ptr_eq(&r.get("c").expect("the newer session stays"), &new));
+        r.remove(&new);
+        assert!(r.get("c").is_none());
+    }
+
+    #[test]
+    fn len_and_all_list_every_session() {
+        let r = Registry::default();
+        assert!(r.is_empty());
+        for c in ["a", "b", "c"] {
+            r.get_or_insert_with(c, make);
+        }
+        r.get_or_insert_with("a", make);
+        assert_eq!(r.len(), 3);
+        let mut ids: Vec<String> = r.all().iter().map(|h| h.client_id.to_string()).collect();
+        ids.sort();
+        assert_eq!(ids, vec!["a", "b", "c"]);
+        let (b, _) = r.get_or_insert_with("b", make);
+        r.remove(&b);
+        assert_eq!(r.len(), 2);
+        assert!(!r.is_empty());
+    }
+}

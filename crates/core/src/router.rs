@@ -155,3 +155,6 @@ fn delivery(
         commit: 0,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -90,3 +90,6 @@ fn random_u64() -> u64 {
         x
     })
 }
+
+#[cfg(test)]
+mod tests;
