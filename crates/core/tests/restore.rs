@@ -7,9 +7,9 @@ use bytes::Bytes;
 use halyard_codec::{QoS, SubscriptionOptions, Utf8};
 use halyard_core::broker::{Attached, DetachReason};
 use halyard_core::config::Config;
-use halyard_core::persist::{self, EntryMeta, SessionRecord, WillRecord};
+use halyard_core::persist::{self, SessionRecord, WillRecord};
 use halyard_core::session::{InflightEntry, Queued, Stage, SubscriptionRecord};
-use halyard_core::{Broker, Message};
+use halyard_core::{Broker, Message, Writes};
 use halyard_store::{Fsync, Op, RedbStore, Store};
 use std::collections::HashMap;
 use std::path::Path;
@@ -84,8 +84,9 @@ async fn stored_session(dir: &Path) {
     a.handle.take(1, 1, u64::MAX, &mut out);
     let Some(Queued::Ready(d)) = out.pop() else { panic!("r/1 is ready in memory while online") };
     assert_eq!(d.msg.topic.as_str(), "r/1");
-    let meta = persist::encode_meta(&EntryMeta::sent(&d, SENT_AS, Stage::AwaitPubAck));
-    b.submit(vec![Op::UpdateEntry { client: a.handle.client_id.clone(), seq: d.seq, meta }]).expect("submit");
+    let mut sent = Writes::default();
+    a.handle.record_sent(&d, SENT_AS, Stage::AwaitPubAck, &mut sent);
+    b.submit(sent).expect("submit");
     a.state.last_packet_id = SENT_AS;
     a.state.inflight.push_back(InflightEntry {
         packet_id: SENT_AS,
@@ -95,7 +96,7 @@ async fn stored_session(dir: &Path) {
     });
     // An inbound QoS 2 PUBLISH whose PUBREL has not come.
     a.state.awaiting_rel.insert(AWAITING, Instant::now());
-    b.submit(b.awaiting_rel_put(&a.handle, AWAITING).into_iter().collect()).expect("submit");
+    b.submit(b.awaiting_rel_put(&a.handle, AWAITING)).expect("submit");
     b.detach(&a.handle, a.state, None, DetachReason::Closed, Instant::now());
     close(b);
 }

@@ -3,7 +3,7 @@
 
 use super::*;
 use bytes::Bytes;
-use halyard_codec::Utf8;
+use halyard_codec::{SubscriptionOptions, Utf8};
 
 fn session(id: SessionId, client: &str) -> Arc<SessionHandle> {
     Arc::new(SessionHandle::new(id, Arc::from(client), 1000, false))
