@@ -61,7 +61,8 @@ impl Broker {
         }
     }
 
-    fn load_stored_blocking(&self, handle: &SessionHandle, seqs: &[u64]) -> Vec<Delivery> {
+    /// `load_stored` on the caller's thread, for callers already off the async runtime (`spawn_blocking`).
+    pub fn load_stored_blocking(&self, handle: &SessionHandle, seqs: &[u64]) -> Vec<Delivery> {
         let mut found = self.read_entries(handle, seqs);
         if found.len() < seqs.len() {
             if let Err(e) = self.store.flush() {

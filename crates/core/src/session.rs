@@ -477,6 +477,23 @@ impl SessionHandle {
     }
 
     /// Puts a restored slot back in the queue without touching the store (start-up).
+    /// Puts slots a connection took but could not deliver (it closed while their messages were being read) back
+    /// at the front of the queue, in their order.
+    pub fn requeue_front(&self, slots: Vec<Queued>) {
+        let mut q = self.queue.lock();
+        for slot in slots.into_iter().rev() {
+            q.len += 1;
+            match slot {
+                Queued::Ready(d) => q.slots.push_front(Slot::Ready(d)),
+                Queued::Stored { seq, shared, .. } => {
+                    q.slots.push_front(Slot::StoredRun { first: seq, len: 1, shared, commit: 0 })
+                }
+            }
+        }
+        drop(q);
+        self.notify.notify_one();
+    }
+
     pub(crate) fn restore_queued(&self, slot: Queued) {
         self.queue.lock().push(slot);
     }

@@ -11,7 +11,7 @@ use halyard_codec::Packet;
 use halyard_core::config::MqttConfig;
 use halyard_core::metrics::Metrics;
 use halyard_core::session::{Control, SessionHandle};
-use halyard_core::Broker;
+use halyard_core::{Broker, Delivery};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,6 +155,8 @@ impl Link {
         let mut commits = broker.commits();
         // Set once the store failed (its watch closed): nothing will commit any more.
         let mut commits_closed = false;
+        // The disk read of stored deliveries the state machine asked for (`Conn::stored_read`), off this task.
+        let mut reading: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Delivery>> + Send>>> = None;
         match wake {
             Wake::Control(Ok(ctl)) => {
                 return Err(take_over(conn, ctl, rd, rbuf, hold, broker, zone, control_tx).await);
@@ -202,6 +204,21 @@ impl Link {
                 && hold.held.len() < HELD_MAX
                 && hold.read_while_held < HELD_READ_MAX
                 && !store_holds_us;
+            if reading.is_none() {
+                if let Some((session, seqs)) = conn.stored_read() {
+                    let broker = broker.clone();
+                    reading = Some(Box::pin(async move {
+                        let client_id = session.client_id.clone();
+                        match tokio::task::spawn_blocking(move || broker.load_stored_blocking(&session, &seqs)).await {
+                            Ok(loaded) => loaded,
+                            Err(e) => {
+                                tracing::error!(client_id = %client_id, error = %e, "reading stored deliveries failed");
+                                Vec::new()
+                            }
+                        }
+                    }));
+                }
+            }
             let want_fill = session.is_some() && conn.wants_deliveries();
             let waits_for_commit = conn.waits_for_commit() && !commits_closed;
             // Not before CONNECT (a parked connection without a session is not woken at shutdown; the connect
@@ -210,6 +227,7 @@ impl Link {
                 && conn.out.is_empty()
                 && !hold.active()
                 && !conn.waits_for_commit()
+                && !conn.reads_stored()
                 && rbuf.is_empty();
             tokio::select! {
                 biased;
@@ -301,6 +319,11 @@ impl Link {
                         return Err(c);
                     }
                     conn.after_input(Instant::now());
+                }
+                loaded = async { match reading.as_mut() { Some(r) => r.await, None => std::future::pending().await } }, if reading.is_some() => {
+                    reading = None;
+                    conn.on_stored(loaded, Instant::now());
+                    conn.submit_ops();
                 }
                 _ = notified(session.as_deref()), if want_fill => {
                     conn.after_input(Instant::now());

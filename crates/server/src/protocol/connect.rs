@@ -141,7 +141,7 @@ impl Conn {
         let p = &c.properties;
         self.limits = ClientLimits {
             receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
-            maximum_packet_size: p.maximum_packet_size.map(|m| m as usize).unwrap_or(usize::MAX),
+            maximum_packet_size: p.maximum_packet_size.unwrap_or(u32::MAX),
             topic_alias_maximum: p.topic_alias_maximum.unwrap_or(0),
             request_problem_information: p.request_problem_information.unwrap_or(1) == 1,
         };

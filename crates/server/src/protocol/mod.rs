@@ -80,9 +80,16 @@ enum Phase {
 #[derive(Debug, Clone, Copy)]
 struct ClientLimits {
     receive_maximum: u16,
-    maximum_packet_size: usize,
+    maximum_packet_size: u32,
     topic_alias_maximum: u16,
     request_problem_information: bool,
+}
+
+impl ClientLimits {
+    /// The client's Maximum Packet Size (kept as the u32 it is on the wire, so an idle connection is smaller).
+    fn max_packet(&self) -> usize {
+        usize::try_from(self.maximum_packet_size).unwrap_or(usize::MAX)
+    }
 }
 
 pub struct Conn {
@@ -92,7 +99,6 @@ pub struct Conn {
     version: ProtocolVersion,
     /// Bytes to send; the driver drains it.
     pub out: BytesMut,
-    started: Instant,
     last_received: Instant,
     /// Effective keepalive in seconds (0: none).
     keep_alive: u16,
@@ -108,11 +114,14 @@ pub struct Conn {
     /// Session Expiry Interval the client asked for at CONNECT (v5), for the DISCONNECT rule [MQTT-3.14.2-2].
     connect_expiry: u32,
     /// Bytes of the topic filters of this session's subscriptions, held to `mqtt.max_subscriptions_bytes`.
-    subscription_bytes: usize,
+    subscription_bytes: u32,
     /// The highest store commit the driver has told us of (the watch channel runs ahead of `committed()`).
     commit_seen: u64,
     /// The last fill stopped at a delivery whose publish has not committed yet.
     gated: bool,
+    /// Deliveries taken from the queue that wait for the driver to read their messages from the store (boxed:
+    /// only a session draining an offline backlog has one).
+    reading: Option<Box<outbound::StoredRead>>,
     /// The client connected with a private bridge protocol level (0x83 / 0x84): its subscriptions are no-local
     /// and retain-as-published, so a message it forwarded does not come back to it.
     bridge: bool,
@@ -138,6 +147,8 @@ struct Aliases {
     inbound_bytes: usize,
     /// Broker → client, as the broker assigned them.
     outbound: HashMap<Utf8, u16>,
+    /// Bytes of the topics in `outbound`: the broker stops assigning new aliases at `mqtt.max_topic_alias_bytes`.
+    outbound_bytes: usize,
 }
 
 /// Never more than this many deliveries are pulled from the queue per fill, so one busy session cannot starve
@@ -158,7 +169,6 @@ impl Conn {
             phase: Phase::AwaitConnect,
             version: ProtocolVersion::V4,
             out: BytesMut::new(),
-            started: now,
             last_received: now,
             keep_alive: 0,
             client: None,
@@ -168,7 +178,7 @@ impl Conn {
             will: None,
             limits: ClientLimits {
                 receive_maximum: u16::MAX,
-                maximum_packet_size: usize::MAX,
+                maximum_packet_size: u32::MAX,
                 topic_alias_maximum: 0,
                 request_problem_information: true,
             },
@@ -177,6 +187,7 @@ impl Conn {
             subscription_bytes: 0,
             commit_seen: 0,
             gated: false,
+            reading: None,
             aliases: None,
             batch: Vec::new(),
             congested: Vec::new(),
@@ -387,6 +398,7 @@ impl Conn {
             return;
         }
         self.submit_ops();
+        self.give_back_unread();
         let was_connected = matches!(self.phase, Phase::Connected);
         self.phase = Phase::Closed;
         if was_connected && self.version.is_v5() {
@@ -415,7 +427,8 @@ impl Conn {
     pub fn on_tick(&mut self, now: Instant) -> Result<(), Close> {
         match self.phase {
             Phase::AwaitConnect => {
-                if now >= self.started + self.zone.idle_timeout.0 {
+                // Before CONNECT nothing else is received, so the last packet time is the connection's start.
+                if now >= self.last_received + self.zone.idle_timeout.0 {
                     return Err(Close::lost("no CONNECT within idle_timeout"));
                 }
             }
@@ -443,7 +456,7 @@ impl Conn {
     pub fn next_deadline(&self, now: Instant) -> Instant {
         let far = now + Duration::from_secs(3600);
         match self.phase {
-            Phase::AwaitConnect => self.started + self.zone.idle_timeout.0,
+            Phase::AwaitConnect => self.last_received + self.zone.idle_timeout.0,
             Phase::Closed => far,
             Phase::Connected => {
                 let mut t = self.keepalive_deadline().unwrap_or(far);
@@ -468,12 +481,12 @@ impl Conn {
     /// Sends an ack-like packet, dropping its reason string and user properties if the packet would exceed the
     /// client's Maximum Packet Size [MQTT-3.1.2-25], [MQTT-3.4.2-3].
     fn send_trimmed(&mut self, mut p: Packet) {
-        if halyard_codec::encoded_len(&p, self.version) > self.limits.maximum_packet_size {
+        if halyard_codec::encoded_len(&p, self.version) > self.limits.max_packet() {
             if let Some(props) = properties_mut(&mut p) {
                 props.reason_string = None;
                 props.user_properties.clear();
             }
-            if halyard_codec::encoded_len(&p, self.version) > self.limits.maximum_packet_size {
+            if halyard_codec::encoded_len(&p, self.version) > self.limits.max_packet() {
                 return;
             }
         }
@@ -493,7 +506,8 @@ impl Conn {
     pub(crate) fn attached(&mut self, a: Attached) {
         self.session = Some(a.handle);
         self.state = a.state;
-        self.subscription_bytes = self.state.subscriptions.keys().map(String::len).sum();
+        let bytes: usize = self.state.subscriptions.keys().map(String::len).sum();
+        self.subscription_bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
     }
 }
 

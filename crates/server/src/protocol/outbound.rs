@@ -9,7 +9,17 @@ use halyard_core::hooks::DropReason;
 use halyard_core::metrics::Metrics;
 use halyard_core::session::{InflightEntry, Queued, SessionHandle, Stage};
 use halyard_core::Delivery;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// Slots taken from the session queue whose first one's message is on disk, waiting for the driver's read.
+pub(super) struct StoredRead {
+    session: Arc<SessionHandle>,
+    /// In queue order: stored positions and the in-memory deliveries taken after them.
+    rest: Vec<Queued>,
+    /// Handed to the driver already (`stored_read`).
+    started: bool,
+}
 
 impl Conn {
     fn inflight_limit(&self) -> usize {
@@ -27,6 +37,10 @@ impl Conn {
     pub fn fill(&mut self, now: Instant) {
         let Some(session) = self.session.clone() else { return };
         self.broker.settle_committed(self.commit_seen);
+        if self.reading.is_some() {
+            // Slots taken earlier wait for their disk read: nothing may overtake them.
+            return;
+        }
         self.gated = false;
         let committed = self.broker.committed().max(self.commit_seen);
         while self.wants_deliveries() {
@@ -41,22 +55,79 @@ impl Conn {
                 }
             }
             let n = batch.len();
-            // Runs of slots whose message is on disk are read in one go, keeping queue order.
-            let mut stored = Vec::new();
-            for slot in batch.drain(..) {
+            let mut slots = batch.drain(..);
+            while let Some(slot) = slots.next() {
+                if self.out.len() >= OUT_HIGH_WATER {
+                    // Enough is waiting to be written (a batch of large messages would otherwise pile up here):
+                    // the rest goes back to the front of the queue, in order.
+                    session.requeue_front(std::iter::once(slot).chain(slots.by_ref()).collect());
+                    break;
+                }
                 match slot {
-                    Queued::Stored { seq, .. } => stored.push(seq),
-                    Queued::Ready(d) => {
-                        self.deliver_stored(&session, &mut stored, now);
+                    Queued::Ready(d) => self.deliver(d, now),
+                    stored @ Queued::Stored { .. } => {
+                        // Its message is on disk: the driver reads it (`stored_read`), and this slot and every
+                        // one taken after it wait for `on_stored`, keeping queue order.
+                        let rest: Vec<Queued> = std::iter::once(stored).chain(slots.by_ref()).collect();
+                        self.reading = Some(Box::new(StoredRead { session: session.clone(), rest, started: false }));
+                    }
+                }
+            }
+            drop(slots);
+            self.batch = batch;
+            if n < FILL_BATCH || self.gated || self.reading.is_some() {
+                break;
+            }
+        }
+    }
+
+    /// The stored deliveries the driver must read from the store for this connection, once per request: the
+    /// session and the queue positions (ascending is not guaranteed; `Broker::load_stored` keeps this order).
+    /// The read is disk I/O, so the driver does it off the connection's task and hands the result to
+    /// `on_stored`.
+    pub fn stored_read(&mut self) -> Option<(Arc<SessionHandle>, Vec<u64>)> {
+        let r = self.reading.as_mut().filter(|r| !r.started)?;
+        r.started = true;
+        let seqs = r.rest.iter().filter_map(|q| if let Queued::Stored { seq, .. } = q { Some(*seq) } else { None });
+        Some((r.session.clone(), seqs.collect()))
+    }
+
+    /// True while a stored read asked for by `stored_read` has not been answered.
+    pub fn reads_stored(&self) -> bool {
+        self.reading.is_some()
+    }
+
+    /// The driver read the stored deliveries it was asked for: they go out in queue order with the slots taken
+    /// after them, then filling goes on. Positions that could not be read were counted by the engine.
+    pub fn on_stored(&mut self, loaded: Vec<Delivery>, now: Instant) {
+        let Some(r) = self.reading.take() else { return };
+        let mut by_seq: std::collections::HashMap<u64, Delivery> = loaded.into_iter().map(|d| (d.seq, d)).collect();
+        for slot in r.rest {
+            match slot {
+                Queued::Ready(d) => self.deliver(d, now),
+                Queued::Stored { seq, .. } => {
+                    if let Some(d) = by_seq.remove(&seq) {
                         self.deliver(d, now);
                     }
                 }
             }
-            self.deliver_stored(&session, &mut stored, now);
-            self.batch = batch;
-            if n < FILL_BATCH || self.gated {
-                break;
-            }
+        }
+        self.fill(now);
+    }
+
+    /// Performs an outstanding stored read on the caller's thread (tests, and drivers with nothing better).
+    pub fn read_stored_now(&mut self, now: Instant) {
+        if let Some((session, seqs)) = self.stored_read() {
+            let loaded = self.broker.load_stored(&session, &seqs);
+            self.on_stored(loaded, now);
+        }
+    }
+
+    /// The connection ends with a stored read outstanding: its slots go back to the front of the queue, in
+    /// order, for whoever drains the session next.
+    pub(super) fn give_back_unread(&mut self) {
+        if let Some(r) = self.reading.take() {
+            r.session.requeue_front(r.rest);
         }
     }
 
@@ -74,16 +145,6 @@ impl Conn {
         if self.gated {
             self.fill(now);
         }
-    }
-
-    fn deliver_stored(&mut self, session: &SessionHandle, seqs: &mut Vec<u64>, now: Instant) {
-        if seqs.is_empty() {
-            return;
-        }
-        for d in self.broker.load_stored(session, seqs) {
-            self.deliver(d, now);
-        }
-        seqs.clear();
     }
 
     fn deliver(&mut self, d: Delivery, now: Instant) {
@@ -148,7 +209,7 @@ impl Conn {
             p.properties.subscription_identifiers.clone_from(&d.sub_ids);
         }
         let packet = Packet::Publish(p);
-        if halyard_codec::encoded_len(&packet, self.version) > self.limits.maximum_packet_size {
+        if halyard_codec::encoded_len(&packet, self.version) > self.limits.max_packet() {
             self.dropped(d, DropReason::TooLarge);
             tracing::debug!(topic = %d.msg.topic, "message larger than the client's Maximum Packet Size: dropped");
             return false;
@@ -167,14 +228,17 @@ impl Conn {
             return;
         }
         let max = usize::from(self.limits.topic_alias_maximum);
-        let aliases = &mut self.aliases.get_or_insert_with(Default::default).outbound;
-        if let Some(&alias) = aliases.get(&p.topic) {
+        let budget = usize::try_from(self.zone.max_topic_alias_bytes.0).unwrap_or(usize::MAX);
+        let a = self.aliases.get_or_insert_with(Default::default);
+        if let Some(&alias) = a.outbound.get(&p.topic) {
             p.properties.topic_alias = Some(alias);
             p.topic = Utf8::default();
-        } else if aliases.len() < max {
-            let alias = u16::try_from(aliases.len() + 1).unwrap_or(u16::MAX);
+        } else if a.outbound.len() < max && a.outbound_bytes + p.topic.len() <= budget {
+            // Past the byte budget, topics are simply sent in full: aliases are an optimisation.
+            let alias = u16::try_from(a.outbound.len() + 1).unwrap_or(u16::MAX);
+            a.outbound_bytes += p.topic.len();
             // A copy: the message's topic is a slice of its publisher's read buffer, which it would keep alive.
-            aliases.insert(Utf8::from(p.topic.as_str()), alias);
+            a.outbound.insert(Utf8::from(p.topic.as_str()), alias);
             p.properties.topic_alias = Some(alias);
         }
     }

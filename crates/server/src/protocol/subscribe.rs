@@ -78,7 +78,8 @@ impl Conn {
             }
             let existed = self.broker.subscribe(&session, plain_filter, group, options, sub_id);
             if !replacing {
-                self.subscription_bytes += filter.len();
+                self.subscription_bytes =
+                    self.subscription_bytes.saturating_add(u32::try_from(filter.len()).unwrap_or(u32::MAX));
             }
             self.state.subscriptions.insert(filter.to_string(), SubscriptionRecord { options, sub_id });
             codes.push(options.qos as u8);
@@ -132,7 +133,7 @@ impl Conn {
     fn over_subscription_quota(&self, filter_len: usize) -> bool {
         let count = self.state.subscriptions.len();
         let bytes_budget = usize::try_from(self.zone.max_subscriptions_bytes.0).unwrap_or(usize::MAX);
-        count >= self.zone.max_subscriptions || self.subscription_bytes + filter_len > bytes_budget
+        count >= self.zone.max_subscriptions || self.subscription_bytes as usize + filter_len > bytes_budget
     }
 
     pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
@@ -150,7 +151,8 @@ impl Conn {
             };
             let removed = self.state.subscriptions.remove(filter.as_str()).is_some();
             if removed {
-                self.subscription_bytes = self.subscription_bytes.saturating_sub(filter.len());
+                self.subscription_bytes =
+                    self.subscription_bytes.saturating_sub(u32::try_from(filter.len()).unwrap_or(u32::MAX));
             }
             self.broker.unsubscribe(&session, parsed.filter(), parsed.group());
             if removed {

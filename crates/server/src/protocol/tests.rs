@@ -378,3 +378,72 @@ async fn subscriptions_are_held_to_max_subscriptions_and_a_byte_budget() {
         assert_eq!(codes(&mut c, &"x".repeat(62)), 0, "{v:?}: 64 bytes fit");
     }
 }
+
+// --- Stored deliveries are read by the driver, not by the state machine ---
+
+/// A v5 CONNECT with a session that outlives the connection.
+fn persistent_connect(id: &str) -> Packet {
+    connect_with(ProtocolVersion::V5, id, false, |c| c.properties.session_expiry_interval = Some(600))
+}
+
+fn publish_ids(out: &[Packet]) -> Vec<Vec<u8>> {
+    out.iter().filter_map(|p| if let Packet::Publish(p) = p { Some(p.payload.to_vec()) } else { None }).collect()
+}
+
+#[tokio::test]
+async fn an_offline_backlog_is_read_through_the_driver_in_queue_order() {
+    // The messages of an offline persistent session's backlog are on disk: `fill` asks for them
+    // (`stored_read`) instead of reading the disk itself, and delivers them, in order, when handed back.
+    let b = broker(&[]);
+    let t0 = Instant::now();
+    let v = ProtocolVersion::V5;
+    let (mut sub, _) = connect_packet_through(&b, persistent_connect("backlog"), t0).await;
+    sub.handle(subscribe("bl/#", QoS::AtLeastOnce), t0);
+    sub.close(&Close::lost("gone"), t0);
+    let mut publ = connected(&b, v, "backlog-pub", 0, t0).await;
+    for i in 0..5u8 {
+        let Packet::Publish(mut p) = publish("bl/x", QoS::AtLeastOnce, Some(u16::from(i) + 1), false) else {
+            unreachable!()
+        };
+        p.payload = Bytes::from(vec![i]);
+        publ.handle(Packet::Publish(p), t0);
+    }
+    let (mut sub, out) = connect_packet_through(&b, persistent_connect("backlog"), t0).await;
+    assert!(publish_ids(&out).is_empty(), "nothing sent before the read: {out:?}");
+    assert!(sub.reads_stored());
+    let (session, seqs) = sub.stored_read().expect("a read is asked for");
+    assert_eq!(seqs.len(), 5);
+    assert!(sub.stored_read().is_none(), "asked for once");
+    // What the driver does off the connection's task.
+    let loaded = b.load_stored_blocking(&session, &seqs);
+    sub.on_stored(loaded, t0);
+    let got = publish_ids(&drain(&mut sub, v));
+    assert_eq!(got, (0..5u8).map(|i| vec![i]).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_connection_closing_during_a_stored_read_gives_the_slots_back() {
+    // The slots taken for a read that never completed go back to the front of the queue: the next connection
+    // of the session gets them, in order.
+    let b = broker(&[]);
+    let t0 = Instant::now();
+    let v = ProtocolVersion::V5;
+    let (mut sub, _) = connect_packet_through(&b, persistent_connect("giveback"), t0).await;
+    sub.handle(subscribe("gb/#", QoS::AtLeastOnce), t0);
+    sub.close(&Close::lost("gone"), t0);
+    let mut publ = connected(&b, v, "giveback-pub", 0, t0).await;
+    for i in 0..3u8 {
+        let Packet::Publish(mut p) = publish("gb/x", QoS::AtLeastOnce, Some(u16::from(i) + 1), false) else {
+            unreachable!()
+        };
+        p.payload = Bytes::from(vec![i]);
+        publ.handle(Packet::Publish(p), t0);
+    }
+    let (mut sub, _) = connect_packet_through(&b, persistent_connect("giveback"), t0).await;
+    assert!(sub.stored_read().is_some());
+    sub.close(&Close::lost("gone again"), t0);
+    let (mut sub, _) = connect_packet_through(&b, persistent_connect("giveback"), t0).await;
+    sub.read_stored_now(t0);
+    let got = publish_ids(&drain(&mut sub, v));
+    assert_eq!(got, vec![vec![0], vec![1], vec![2]], "all three, in order, after the interrupted read");
+}
