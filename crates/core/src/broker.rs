@@ -393,7 +393,7 @@ impl Broker {
     /// session's queue, so nothing falls between the two connections.
     pub async fn attach(
         self: &Arc<Self>,
-        client_id: &str,
+        client_id: &Arc<str>,
         clean_start: bool,
         expiry_interval: u32,
         zone: &MqttConfig,
@@ -401,7 +401,7 @@ impl Broker {
         now: Instant,
     ) -> Attached {
         loop {
-            let (handle, created) = self.registry.get_or_insert_with(client_id, |id, cid| {
+            let (handle, created) = self.registry.get_or_insert(client_id, |id, cid| {
                 SessionHandle::new(id, cid, zone.max_mqueue_len, zone.mqueue_store_qos0)
             });
             let _serial = handle.connect_lock.lock().await;
@@ -419,7 +419,10 @@ impl Broker {
                     if owner.send(Control::Takeover { resume: !clean_start, done }).is_ok()
                         && tokio::time::timeout(TAKEOVER_TIMEOUT, answered).await.is_err()
                     {
-                        tracing::warn!(client_id, "previous connection did not hand its session over in time");
+                        tracing::warn!(
+                            client_id = &**client_id,
+                            "previous connection did not hand its session over in time"
+                        );
                     }
                     Metrics::inc(&self.metrics.sessions_taken_over);
                 }

@@ -167,8 +167,6 @@ pub struct ClientInfo {
     pub clean_start: bool,
     /// Effective keepalive in seconds (after `max_keepalive` / `server_keepalive`).
     pub keepalive: u16,
-    /// The listener's zone, when known.
-    pub zone: Option<Arc<str>>,
     /// Set by `client.authenticate`: a superuser passes `client.authorize` without its callbacks running.
     pub is_superuser: bool,
 }

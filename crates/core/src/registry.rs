@@ -24,12 +24,22 @@ impl Registry {
         client_id: &str,
         make: impl FnOnce(SessionId, Arc<str>) -> SessionHandle,
     ) -> (Arc<SessionHandle>, bool) {
+        self.get_or_insert(&Arc::from(client_id), make)
+    }
+
+    /// `get_or_insert_with` for a client id the caller already holds as an `Arc`: a new session shares it (one
+    /// allocation of the id for the connection, the session and the registry).
+    pub fn get_or_insert(
+        &self,
+        client_id: &Arc<str>,
+        make: impl FnOnce(SessionId, Arc<str>) -> SessionHandle,
+    ) -> (Arc<SessionHandle>, bool) {
         let mut map = self.sessions.lock();
-        if let Some(h) = map.get(client_id) {
+        if let Some(h) = map.get(&**client_id) {
             return (h.clone(), false);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let key: Arc<str> = Arc::from(client_id);
+        let key: Arc<str> = client_id.clone();
         let h = Arc::new(make(id, key.clone()));
         map.insert(key, h.clone());
         (h, true)

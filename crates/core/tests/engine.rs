@@ -20,7 +20,7 @@ fn broker() -> Arc<Broker> {
 async fn attach(b: &Arc<Broker>, id: &str, clean: bool, expiry: u32, now: Instant) -> Attached {
     let (tx, _rx) = oneshot::channel();
     let zone = b.config.mqtt.clone();
-    b.attach(id, clean, expiry, &zone, tx, now).await
+    b.attach(&Arc::from(id), clean, expiry, &zone, tx, now).await
 }
 
 fn will(topic: &str, delay: u32) -> Will {

@@ -53,7 +53,7 @@ fn message(b: &Broker, topic: &str, payload: &'static str, retain: bool) -> Arc<
 async fn attach(b: &Arc<Broker>, id: &str, expiry: u32) -> Attached {
     let (tx, _rx) = oneshot::channel();
     let zone = b.config.mqtt.clone();
-    b.attach(id, false, expiry, &zone, tx, Instant::now()).await
+    b.attach(&Arc::from(id), false, expiry, &zone, tx, Instant::now()).await
 }
 
 /// Closes the broker as `halyard` does at shutdown: whatever was submitted is committed, then the store file

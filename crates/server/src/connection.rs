@@ -676,7 +676,7 @@ mod tests {
         assert_eq!(Metrics::get(&broker.metrics.messages_received), received, "the old connection has not run yet");
         // The reconnect's attach, without yielding to the old connection before its takeover request is sent.
         let (tx, _control) = oneshot::channel();
-        let attached = broker.attach("racer", false, 7200, &zone, tx, Instant::now()).await;
+        let attached = broker.attach(&Arc::from("racer"), false, 7200, &zone, tx, Instant::now()).await;
         assert!(attached.present, "the session was resumed");
         assert_eq!(Metrics::get(&broker.metrics.messages_received), received + 1, "the PUBLISH was processed");
         assert_eq!(Metrics::get(&broker.metrics.wills_published), 0, "DISCONNECT discarded the will");

@@ -40,16 +40,17 @@ impl Conn {
                 self.keep_alive = zone.max_keepalive;
             }
         }
+        // One allocation of the id serves this connection, its hooks' view, the session and the registry.
+        let own_id: Arc<str> = Arc::from(c.client_id.as_str());
         // Built once: the hooks' view of this client. The id is the client's own until one is assigned below,
         // so that a refusal before that still reports who asked.
         self.client = Some(Arc::new(ClientInfo {
-            client_id: Arc::from(c.client_id.as_str()),
+            client_id: own_id.clone(),
             username: c.username.as_ref().map(|u| Arc::from(u.as_str())),
             peer: self.peer.take().map(|p| *p),
             protocol: c.protocol,
             clean_start: c.clean_start,
             keepalive: self.keep_alive,
-            zone: None,
             is_superuser: false,
         }));
 
@@ -70,7 +71,7 @@ impl Conn {
             let n = ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed);
             Arc::from(format!("halyard-{:x}-{n}", std::process::id()).as_str())
         } else {
-            Arc::from(c.client_id.as_str())
+            own_id
         };
         if assigned {
             if let Some(info) = self.client.as_mut() {

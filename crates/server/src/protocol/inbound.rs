@@ -174,7 +174,7 @@ impl Conn {
             qos: p.qos,
             retain: p.retain,
             properties: (!props.is_empty()).then_some(props),
-            publisher: self.client.as_ref().map(|c| c.client_id.clone()),
+            publisher: self.client.as_deref().map(|c| c.client_id.clone()),
             expires_at,
         }
     }

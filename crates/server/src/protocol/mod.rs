@@ -115,8 +115,6 @@ pub struct Conn {
     connect_expiry: u32,
     /// Bytes of the topic filters of this session's subscriptions, held to `mqtt.max_subscriptions_bytes`.
     subscription_bytes: u32,
-    /// The highest store commit the driver has told us of (the watch channel runs ahead of `committed()`).
-    commit_seen: u64,
     /// The last fill stopped at a delivery whose publish has not committed yet.
     gated: bool,
     /// Deliveries taken from the queue that wait for the driver to read their messages from the store (boxed:
@@ -127,8 +125,6 @@ pub struct Conn {
     bridge: bool,
     /// Topic aliases, once either side uses one (boxed: most connections never do).
     aliases: Option<Box<Aliases>>,
-    /// Scratch buffer for deliveries taken from the session queue.
-    batch: Vec<halyard_core::session::Queued>,
     /// Sessions whose backlog asks this publisher to hold back; while non-empty the driver processes only
     /// acknowledgements and pings and holds every other packet.
     congested: Vec<Arc<SessionHandle>>,
@@ -185,11 +181,9 @@ impl Conn {
             connect_expiry: 0,
             bridge: false,
             subscription_bytes: 0,
-            commit_seen: 0,
             gated: false,
             reading: None,
             aliases: None,
-            batch: Vec::new(),
             congested: Vec::new(),
             pending_acks: std::collections::VecDeque::new(),
             ops: halyard_core::Writes::default(),
@@ -246,23 +240,19 @@ impl Conn {
         }
     }
 
-    /// Gives back every buffer a parked connection does not need (the output buffer, however large it grew,
-    /// and the delivery scratch list). `BytesMut::capacity` counts only what is left after the write position, so
+    /// Gives back every buffer a parked connection does not need (the output buffer, however large it grew; the
+    /// delivery scratch list is per thread). `BytesMut::capacity` counts only what is left after the write position, so
     /// the size test of `release_idle_buffers` can miss a buffer that was large once.
     pub fn release_all_buffers(&mut self) {
         if self.out.is_empty() {
             self.out = BytesMut::new();
         }
-        self.batch = Vec::new();
     }
 
     /// Drops buffers that grew under load once they are empty, so an idle connection costs little memory.
     pub fn release_idle_buffers(&mut self) {
         if self.out.is_empty() && self.out.capacity() > IDLE_BUFFER {
             self.out = BytesMut::new();
-        }
-        if self.batch.capacity() > 16 {
-            self.batch = Vec::new();
         }
     }
 
@@ -297,7 +287,7 @@ impl Conn {
     }
 
     pub fn client_id(&self) -> Option<&str> {
-        self.client.as_ref().map(|c| &*c.client_id)
+        self.client.as_deref().map(|c| &*c.client_id)
     }
 
     /// The client as the hooks see it (from CONNECT on).

@@ -12,6 +12,12 @@ use halyard_core::Delivery;
 use std::sync::Arc;
 use std::time::Instant;
 
+thread_local! {
+    /// The scratch list of a fill, one per thread rather than one per connection (an idle connection should not
+    /// carry it; a fill never runs inside another on the same thread).
+    static FILL_SCRATCH: std::cell::Cell<Vec<Queued>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Slots taken from the session queue whose first one's message is on disk, waiting for the driver's read.
 pub(super) struct StoredRead {
     session: Arc<SessionHandle>,
@@ -35,17 +41,22 @@ impl Conn {
     /// a delivery whose publish has not committed yet (`waits_for_commit` then says so; the driver calls again
     /// after the next commit).
     pub fn fill(&mut self, now: Instant) {
+        self.fill_seen(now, 0);
+    }
+
+    /// `fill`, knowing that the store committed at least `seen` (its watch channel runs ahead of `committed()`).
+    fn fill_seen(&mut self, now: Instant, seen: u64) {
         let Some(session) = self.session.clone() else { return };
-        self.broker.settle_committed(self.commit_seen);
+        self.broker.settle_committed(seen);
         if self.reading.is_some() {
             // Slots taken earlier wait for their disk read: nothing may overtake them.
             return;
         }
         self.gated = false;
-        let committed = self.broker.committed().max(self.commit_seen);
+        let committed = self.broker.committed().max(seen);
         while self.wants_deliveries() {
             let room = self.inflight_limit().saturating_sub(self.state.inflight.len());
-            let mut batch = std::mem::take(&mut self.batch);
+            let mut batch = FILL_SCRATCH.take();
             if session.take(room, FILL_BATCH, committed, &mut batch) {
                 if self.broker.store_unavailable() {
                     // Their commit will never come: take them anyway, `deliver` drops them.
@@ -74,7 +85,7 @@ impl Conn {
                 }
             }
             drop(slots);
-            self.batch = batch;
+            FILL_SCRATCH.set(batch);
             if n < FILL_BATCH || self.gated || self.reading.is_some() {
                 break;
             }
@@ -140,15 +151,15 @@ impl Conn {
     /// The store committed up to `seen` (from its watch channel): acknowledgements and deliveries waiting for it
     /// go out.
     pub fn on_commit(&mut self, seen: u64, now: Instant) {
-        self.commit_seen = self.commit_seen.max(seen);
         self.release_acks(seen);
         if self.gated {
-            self.fill(now);
+            self.fill_seen(now, seen);
         }
     }
 
     fn deliver(&mut self, d: Delivery, now: Instant) {
-        if d.commit > self.broker.committed().max(self.commit_seen) {
+        // Only after a failure: `committed()` is final then (and a delivery taken past the gate is committed).
+        if d.commit != 0 && self.broker.store_unavailable() && d.commit > self.broker.committed() {
             // Only taken when the store failed: its publisher was refused, so nobody may have it.
             self.broker.dropped(Some(&d.msg), self.client_id(), DropReason::StoreFailed);
             self.finished(&d);
