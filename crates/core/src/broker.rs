@@ -345,6 +345,29 @@ impl Broker {
         self.settle_committed(0);
     }
 
+    /// The retained messages a new subscription to `filter` gets at `now`, each with the store ticket it waits
+    /// for (0: none). Those whose commit is still pending count too, and supersede what is retained for their
+    /// topic now: the subscriber gets them once they commit (the commit gate), or not at all if the commit fails.
+    pub fn retained_for(&self, filter: &str, now: Instant) -> Vec<(Arc<Message>, u64)> {
+        let mut out: Vec<(Arc<Message>, u64)> =
+            self.retainer.matching_at(filter, now).into_iter().map(|m| (m, 0)).collect();
+        if self.pending_retained_len.load(Ordering::Acquire) == 0 {
+            return out;
+        }
+        let pending = self.pending_retained.lock();
+        for (ticket, m) in pending.iter() {
+            if !halyard_topic::matches(filter, &m.topic) {
+                continue;
+            }
+            // Later entries win: drop what this topic had before (retained now, or pending earlier).
+            out.retain(|(o, _)| o.topic != m.topic);
+            if !m.payload.is_empty() && !m.is_expired(now) {
+                out.push((m.clone(), *ticket));
+            }
+        }
+        out
+    }
+
     /// Applies what waited for a store commit that has now happened (`seen`: a commit the caller learnt of from
     /// the store's watch channel, which is updated before `committed()`). Retained messages whose commit failed
     /// never take effect. Cheap when nothing waits: one atomic load.

@@ -38,8 +38,8 @@ impl Retainer {
     }
 
     /// The live retained messages matching `filter` (expired ones are skipped and removed).
-    pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
-        let now = Instant::now();
+    /// The retained messages matching `filter` that have not expired at `now` (expired ones are removed).
+    pub fn matching_at(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
         let mut out = Vec::new();
         let mut expired = false;
         self.tree.read().for_each_match(filter, |_, m| {
@@ -53,6 +53,11 @@ impl Retainer {
             self.tree.write().retain(|_, m| !m.is_expired(now));
         }
         out
+    }
+
+    /// `matching_at` the current time (tests and tools; the engine passes its caller's time).
+    pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.matching_at(filter, Instant::now())
     }
 
     pub fn len(&self) -> usize {

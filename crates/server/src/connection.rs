@@ -155,6 +155,8 @@ impl Link {
         let mut commits = broker.commits();
         // Set once the store failed (its watch closed): nothing will commit any more.
         let mut commits_closed = false;
+        // Set when `process` stopped because the store holds this publisher back, with packets still in `rbuf`.
+        let mut left_by_store = false;
         // The disk read of stored deliveries the state machine asked for (`Conn::stored_read`), off this task.
         let mut reading: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Delivery>> + Send>>> = None;
         match wake {
@@ -200,6 +202,16 @@ impl Link {
                 conn.on_commit(seen, now);
             }
             let store_holds_us = store_holds(conn, broker);
+            if left_by_store && !store_holds_us {
+                // Packets left unprocessed while the store held this publisher back, released since by whatever
+                // freed its acknowledgements (the commit watch, or acks sent at once): process them now, not on
+                // new input that may never come.
+                if let Some(c) = process(conn, rbuf, hold, broker, zone, control_tx, true).await {
+                    return Err(c);
+                }
+                left_by_store = !rbuf.is_empty() && store_holds(conn, broker);
+                conn.after_input(Instant::now());
+            }
             let want_read = conn.out.len() < OUT_HIGH_WATER
                 && hold.held.len() < HELD_MAX
                 && hold.read_while_held < HELD_READ_MAX
@@ -269,6 +281,10 @@ impl Link {
                                     return Err(c);
                                 }
                             }
+                            // And what the store's hold left in the read buffer.
+                            if let Some(c) = process(conn, rbuf, hold, broker, zone, control_tx, false).await {
+                                return Err(c);
+                            }
                             return Err(Close::lost("connection closed by client"));
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -284,6 +300,7 @@ impl Link {
                     if let Some(c) = process(conn, rbuf, hold, broker, zone, control_tx, true).await {
                         return Err(c);
                     }
+                    left_by_store = !rbuf.is_empty() && store_holds(conn, broker);
                     if rbuf.is_empty() {
                         *rbuf = BytesMut::new();
                     }
@@ -305,10 +322,11 @@ impl Link {
                     let seen = *commits.borrow_and_update();
                     conn.on_commit(seen, Instant::now());
                     // Packets left unprocessed while the store held this publisher back.
-                    if !rbuf.is_empty() && !store_holds(conn, broker) {
+                    if left_by_store && !store_holds(conn, broker) {
                         if let Some(c) = process(conn, rbuf, hold, broker, zone, control_tx, true).await {
                             return Err(c);
                         }
+                        left_by_store = !rbuf.is_empty() && store_holds(conn, broker);
                     }
                     conn.after_input(Instant::now());
                 }
@@ -383,7 +401,9 @@ async fn take_over(
     let Control::Takeover { resume, done } = ctl;
     // Boxed: it runs once per takeover, and its read buffer would otherwise enlarge every busy period's future.
     let close = match Box::pin(read_what_was_sent(conn, rd, rbuf, hold, broker, zone, control_tx)).await {
-        Some(c) => c,
+        // Those packets decide the will (a DISCONNECT discards it) and what the client is told; the session
+        // itself is handed over all the same (not parked offline first: its shared messages stay with it).
+        Some(c) => Close { detach: halyard_core::broker::DetachReason::TakenOver { resume }, ..c },
         None => conn.on_takeover(resume),
     };
     conn.close(&close, Instant::now());

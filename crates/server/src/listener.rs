@@ -60,7 +60,7 @@ impl Server {
 pub async fn start(broker: Arc<Broker>) -> Result<Server, ServerError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut local_addrs = BTreeMap::new();
-    let mut tasks = vec![tokio::spawn(engine_timers(broker.clone()))];
+    let mut tasks = Vec::new();
     for (name, l) in broker.config.listeners.tcp.iter().filter(|(_, l)| l.enable) {
         let zone = broker
             .config
@@ -78,6 +78,8 @@ pub async fn start(broker: Arc<Broker>) -> Result<Server, ServerError> {
         let accept = accept_loop(listener, broker.clone(), Arc::new(zone), l.max_connections, shutdown_rx.clone());
         tasks.push(tokio::spawn(accept));
     }
+    // After the binds: a listener that cannot start leaves nothing running behind.
+    tasks.push(tokio::spawn(engine_timers(broker.clone())));
     Ok(Server { local_addrs, broker, shutdown, tasks })
 }
 

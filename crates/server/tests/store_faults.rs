@@ -122,3 +122,53 @@ async fn a_failed_commit_delivers_nothing_and_retains_nothing() {
     publisher.publish("f/q0", b"ok", QoS::AtMostOnce, false, 0).await;
     assert_eq!(&live.expect_publish().await.payload[..], b"ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_waiting_for_its_commit_reaches_a_new_subscriber_once_committed() {
+    // A subscriber that subscribes between a retained publish and its commit gets it after the commit (it was
+    // the topic's retained message by then), never before.
+    let store = FaultyStore::new();
+    let b = start_on(store.clone()).await;
+    store.stall();
+    let (mut publisher, _) = Raw::connect(b.addr, V5, "ret-pub", true).await;
+    publisher.publish("ret/x", b"kept", QoS::AtLeastOnce, true, 1).await;
+    publisher.expect_silence(SHORT).await;
+    let (mut late, _) = Raw::connect(b.addr, V5, "ret-late", true).await;
+    late.subscribe("ret/#", QoS::AtLeastOnce).await;
+    late.expect_silence(SHORT).await; // not before its commit
+    store.release();
+    let p = late.expect_publish().await;
+    assert_eq!((&*p.topic, &p.payload[..], p.retain), ("ret/x", &b"kept"[..], true));
+    assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_left_unread_while_the_store_held_a_publisher_are_processed_to_the_end() {
+    // A 3.1.1 publisher with a will pipelines more QoS 1 messages than may wait for commits, then DISCONNECT, and
+    // closes. The packets past the hold stay in its read buffer; once the store catches up every one is
+    // processed, so the DISCONNECT discards the will [MQTT-3.1.2-10].
+    let store = FaultyStore::new();
+    let b = start_on(store.clone()).await;
+    let mut sub = persistent(b.addr, "held-sub").await;
+    sub.subscribe("h/#", QoS::AtLeastOnce).await;
+    sub.send(&Packet::Disconnect(Default::default())).await;
+    assert!(sub.closed().await.is_ok());
+    store.stall();
+    let mut c = connect_packet(V4, "held-pub", true);
+    c.will = Some(will("h/will", b"gone", QoS::AtMostOnce));
+    let (mut publisher, _) = Raw::connect_with(b.addr, c).await;
+    let received = Metrics::get(&b.broker.metrics.messages_received);
+    for i in 0..1500u16 {
+        publisher.publish("h/x", &i.to_be_bytes(), QoS::AtLeastOnce, false, i + 1).await;
+    }
+    publisher.send(&Packet::Disconnect(Default::default())).await;
+    drop(publisher);
+    store.release();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while Metrics::get(&b.broker.metrics.connections_current) > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the publisher's connection did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(Metrics::get(&b.broker.metrics.messages_received), received + 1500, "every PUBLISH processed");
+    assert_eq!(Metrics::get(&b.broker.metrics.wills_published), 0, "the DISCONNECT discarded the will");
+}

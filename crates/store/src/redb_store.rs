@@ -156,10 +156,12 @@ impl Shared {
             error = %err,
             "store: commit failed; the store refuses new work until restart (disk full or I/O error?)"
         );
-        // Close the watch channel first, so anyone woken by the failure below already sees it closed.
-        lock(&self.watch_tx).take();
-        self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+        // Unavailable first, then the watch closes, then the condvar: whoever learns of the failure one way
+        // (a closed watch, a woken wait) already sees `unavailable` (so `is_unavailable` agrees with a closed
+        // watch, and a waiter does not go back to waiting for a commit that will never come).
         self.unavailable.store(true, Ordering::Release);
+        self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+        lock(&self.watch_tx).take();
         lock(&self.progress).failure.get_or_insert_with(|| err.to_string());
         self.progress_cv.notify_all();
     }

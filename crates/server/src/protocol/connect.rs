@@ -248,5 +248,5 @@ impl Conn {
 /// shared subscription to what follows the group), so a message published to it would be lost without a word.
 /// Mosquitto refuses such names too.
 pub(super) fn is_share_topic(topic: &str) -> bool {
-    topic.starts_with("$share/") || topic == "$share"
+    topic.starts_with("$share/")
 }

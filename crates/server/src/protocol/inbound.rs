@@ -71,6 +71,17 @@ impl Conn {
             QoS::ExactlyOnce => {
                 let pid = p.packet_id.unwrap_or(0);
                 if self.state.awaiting_rel.contains_key(&pid) {
+                    let persistent = self.session.as_ref().is_some_and(|s| s.is_persistent());
+                    if persistent && self.broker.store_unavailable() {
+                        // The store failed: whether this id's message was committed cannot be told now, so the
+                        // resend is not confirmed. A failure code ends the exchange [MQTT-4.3.3-4]; v3 has none.
+                        self.state.awaiting_rel.remove(&pid);
+                        if !v5 {
+                            return Err(Close::error(rc::QUOTA_EXCEEDED, "the store cannot take messages"));
+                        }
+                        self.send_ack(Packet::PubRec, pid, rc::QUOTA_EXCEEDED, "the store cannot take messages");
+                        return Ok(());
+                    }
                     // A resend of a QoS 2 message we already have: acknowledge again (after the first
                     // acknowledgement, which may still wait for its commit), do not route again.
                     self.ack_when_stored(Packet::PubRec, pid, rc::SUCCESS, 0);

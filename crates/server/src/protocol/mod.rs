@@ -334,7 +334,7 @@ impl Conn {
             Packet::PubRec(a) => self.on_pubrec(a, now),
             Packet::PubRel(a) => self.on_pubrel(a),
             Packet::PubComp(a) => self.on_pubcomp(a),
-            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Subscribe(s) => self.on_subscribe(s, now),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => {
                 self.send(&Packet::PingResp);
@@ -431,7 +431,22 @@ impl Conn {
                 }
                 self.resend_due(now);
                 let timeout = self.zone.await_rel_timeout.0;
-                self.state.awaiting_rel.retain(|_, at| now.duration_since(*at) < timeout);
+                let stale: Vec<u16> = self
+                    .state
+                    .awaiting_rel
+                    .iter()
+                    .filter(|(_, at)| now.duration_since(**at) >= timeout)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in stale {
+                    self.state.awaiting_rel.remove(&id);
+                    // Forgotten in the store too, or a restart would bring it back and take a new PUBLISH
+                    // reusing the id for a resend.
+                    if let Some(s) = &self.session {
+                        self.ops.append(self.broker.awaiting_rel_delete(s, id));
+                    }
+                }
+                self.submit_ops();
             }
             Phase::Closed => {}
         }

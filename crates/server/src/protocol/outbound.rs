@@ -113,15 +113,19 @@ impl Conn {
     pub fn on_stored(&mut self, loaded: Vec<Delivery>, now: Instant) {
         let Some(r) = self.reading.take() else { return };
         let mut by_seq: std::collections::HashMap<u64, Delivery> = loaded.into_iter().map(|d| (d.seq, d)).collect();
-        for slot in r.rest {
-            match slot {
-                Queued::Ready(d) => self.deliver(d, now),
-                Queued::Stored { seq, .. } => {
-                    if let Some(d) = by_seq.remove(&seq) {
-                        self.deliver(d, now);
-                    }
-                }
+        // Read slots become deliveries in memory (a position that could not be read is skipped).
+        let mut ready = r.rest.into_iter().filter_map(|slot| match slot {
+            Queued::Ready(d) => Some(d),
+            Queued::Stored { seq, .. } => by_seq.remove(&seq),
+        });
+        while let Some(d) = ready.next() {
+            if self.out.len() >= OUT_HIGH_WATER {
+                // As in `fill`: the rest goes back to the front of the queue, already read.
+                let rest = std::iter::once(d).chain(ready).map(Queued::Ready).collect();
+                r.session.requeue_front(rest);
+                return;
             }
+            self.deliver(d, now);
         }
         self.fill(now);
     }

@@ -7,9 +7,10 @@ use halyard_codec::{Packet, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe};
 use halyard_core::hooks::{Action, SubscribeRequest};
 use halyard_core::session::SubscriptionRecord;
 use halyard_core::Delivery;
+use std::time::Instant;
 
 impl Conn {
-    pub(super) fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+    pub(super) fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Close> {
         let Some(session) = self.session.clone() else { return Ok(()) };
         let v5 = self.version.is_v5();
         let sub_id = s.properties.subscription_identifiers.first().copied();
@@ -95,7 +96,7 @@ impl Conn {
                     _ => false,
                 };
             if send_retained {
-                for m in self.broker.retainer.matching(plain_filter) {
+                for (m, commit) in self.broker.retained_for(plain_filter, now) {
                     let d = Delivery {
                         qos: m.qos.min(options.qos),
                         msg: m,
@@ -103,7 +104,7 @@ impl Conn {
                         sub_ids: sub_id.into_iter().collect(),
                         shared: None,
                         seq: 0,
-                        commit: 0,
+                        commit,
                     };
                     self.broker.queue_retained(&session, d, &mut self.ops);
                 }

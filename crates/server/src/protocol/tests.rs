@@ -447,3 +447,20 @@ async fn a_connection_closing_during_a_stored_read_gives_the_slots_back() {
     let got = publish_ids(&drain(&mut sub, v));
     assert_eq!(got, vec![vec![0], vec![1], vec![2]], "all three, in order, after the interrupted read");
 }
+
+#[tokio::test]
+async fn a_qos2_id_forgotten_after_await_rel_timeout_is_forgotten_in_the_store_too() {
+    // Otherwise a restart would bring the id back and take a new PUBLISH reusing it for a resend (and drop it).
+    let b = broker(&[("HALYARD_MQTT__AWAIT_REL_TIMEOUT", "300s")]);
+    let t0 = Instant::now();
+    let v = ProtocolVersion::V4;
+    let (mut c, _) = connect_packet_through(&b, connect_with(v, "stale-rel", false, |_| {}), t0).await;
+    c.handle(publish("sr/x", QoS::ExactlyOnce, Some(5), false), t0);
+    let stored = |b: &Broker| b.store.restore().expect("restore").awaiting_rel.get("stale-rel").cloned();
+    assert_eq!(stored(&b), Some(vec![5]), "stored with the message");
+    c.on_tick(t0 + Duration::from_secs(299)).expect("alive");
+    assert_eq!(stored(&b), Some(vec![5]));
+    c.on_tick(t0 + Duration::from_secs(300)).expect("alive");
+    assert!(c.state.awaiting_rel.is_empty(), "forgotten in memory");
+    assert_eq!(stored(&b).unwrap_or_default(), Vec::<u16>::new(), "and in the store");
+}
