@@ -156,7 +156,12 @@ impl Conn {
     fn route(&mut self, p: Publish, now: Instant, with: Writes) -> Result<(u8, u64), Close> {
         let qos = p.qos;
         let msg = self.message(p, now, self.broker.new_message_id());
-        let published = self.broker.publish_into(Arc::new(msg), with, &mut self.congested);
+        // No allocation unless a subscriber's backlog holds this publisher back (then it is kept for the driver).
+        let mut congested = Vec::new();
+        let published = self.broker.publish_into(Arc::new(msg), with, &mut congested);
+        if !congested.is_empty() {
+            self.congested.get_or_insert_with(Default::default).append(&mut congested);
+        }
         let ticket = match published.ticket {
             Ok(t) => t,
             Err(e) if qos != QoS::AtMostOnce => {
@@ -236,10 +241,10 @@ impl Conn {
     /// behind those that do.
     pub(super) fn send_ack(&mut self, kind: fn(PubResp) -> Packet, packet_id: u16, code: u8, why: &str) {
         let p = self.ack_packet(kind, packet_id, code, why);
-        if self.pending_acks.is_empty() {
+        if !self.has_pending_acks() {
             self.send_trimmed(p);
         } else {
-            self.pending_acks.push_back((0, p));
+            self.queue_ack(0, p);
         }
     }
 
@@ -247,10 +252,10 @@ impl Conn {
     /// then safe in every persistent session's queue), and after every acknowledgement queued before it.
     fn ack_when_stored(&mut self, kind: fn(PubResp) -> Packet, packet_id: u16, code: u8, ticket: u64) {
         let p = self.ack_packet(kind, packet_id, code, "");
-        if self.pending_acks.is_empty() && ticket <= self.broker.committed() {
+        if !self.has_pending_acks() && ticket <= self.broker.committed() {
             self.send_trimmed(p);
         } else {
-            self.pending_acks.push_back((ticket, p));
+            self.queue_ack(ticket, p);
         }
     }
 
@@ -259,19 +264,21 @@ impl Conn {
     pub fn release_acks(&mut self, seen: u64) {
         self.broker.settle_committed(seen);
         let committed = self.broker.committed().max(seen);
-        while self.pending_acks.front().is_some_and(|(t, _)| *t <= committed) {
-            if let Some((_, p)) = self.pending_acks.pop_front() {
-                self.send_trimmed(p);
-            }
+        while let Some(p) = self.pending_acks.as_mut().and_then(|q| q.pop_front_if(|(t, _)| *t <= committed)) {
+            self.send_trimmed(p.1);
         }
     }
 
     pub fn has_pending_acks(&self) -> bool {
-        !self.pending_acks.is_empty()
+        self.pending_acks.as_ref().is_some_and(|q| !q.is_empty())
+    }
+
+    fn queue_ack(&mut self, ticket: u64, p: Packet) {
+        self.pending_acks.get_or_insert_with(Default::default).push_back((ticket, p));
     }
 
     pub fn pending_ack_count(&self) -> usize {
-        self.pending_acks.len()
+        self.pending_acks.as_ref().map_or(0, |q| q.len())
     }
 
     fn ack_packet(&self, kind: fn(PubResp) -> Packet, packet_id: u16, code: u8, why: &str) -> Packet {

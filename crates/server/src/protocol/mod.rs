@@ -127,9 +127,11 @@ pub struct Conn {
     aliases: Option<Box<Aliases>>,
     /// Sessions whose backlog asks this publisher to hold back; while non-empty the driver processes only
     /// acknowledgements and pings and holds every other packet.
-    congested: Vec<Arc<SessionHandle>>,
+    /// Boxed, like `pending_acks`: both matter only while publishing, and an idle connection should not carry
+    /// their space (tens of bytes each, for every connection).
+    congested: Option<Box<Vec<Arc<SessionHandle>>>>,
     /// Acknowledgements waiting for their store ticket to commit, in the order they must go out.
-    pending_acks: std::collections::VecDeque<(u64, Packet)>,
+    pending_acks: Option<Box<std::collections::VecDeque<(u64, Packet)>>>,
     /// Store operations gathered while handling packets and deliveries; the driver submits them in one go.
     ops: halyard_core::Writes,
 }
@@ -184,8 +186,8 @@ impl Conn {
             gated: false,
             reading: None,
             aliases: None,
-            congested: Vec::new(),
-            pending_acks: std::collections::VecDeque::new(),
+            congested: None,
+            pending_acks: None,
             ops: halyard_core::Writes::default(),
         }
     }
@@ -247,6 +249,9 @@ impl Conn {
         if self.out.is_empty() {
             self.out = BytesMut::new();
         }
+        if !self.has_pending_acks() {
+            self.pending_acks = None;
+        }
     }
 
     /// Drops buffers that grew under load once they are empty, so an idle connection costs little memory.
@@ -258,12 +263,12 @@ impl Conn {
 
     /// True while a subscriber's backlog holds this publisher back.
     pub fn is_held_back(&self) -> bool {
-        !self.congested.is_empty()
+        self.congested.as_ref().is_some_and(|c| !c.is_empty())
     }
 
     /// The sessions to wait for, handed to the driver (which waits without borrowing the machine).
     pub fn take_congested(&mut self) -> Vec<Arc<SessionHandle>> {
-        std::mem::take(&mut self.congested)
+        self.congested.take().map(|c| *c).unwrap_or_default()
     }
 
     pub fn version(&self) -> ProtocolVersion {

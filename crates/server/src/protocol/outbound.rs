@@ -149,7 +149,7 @@ impl Conn {
     /// True while something waits for a store commit: an acknowledgement, or a delivery whose publish has not
     /// committed yet. The driver then watches the store's commits and calls `on_commit`.
     pub fn waits_for_commit(&self) -> bool {
-        self.gated || !self.pending_acks.is_empty()
+        self.gated || self.has_pending_acks()
     }
 
     /// The store committed up to `seen` (from its watch channel): acknowledgements and deliveries waiting for it
