@@ -128,9 +128,11 @@ pub struct Conn {
     /// Sessions whose backlog asks this publisher to hold back; while non-empty the driver processes only
     /// acknowledgements and pings and holds every other packet.
     /// Boxed, like `pending_acks`: both matter only while publishing, and an idle connection should not carry
-    /// their space (tens of bytes each, for every connection).
+    /// their space (tens of bytes each, for every connection): one pointer instead of a collection's header.
+    #[allow(clippy::box_collection)]
     congested: Option<Box<Vec<Arc<SessionHandle>>>>,
     /// Acknowledgements waiting for their store ticket to commit, in the order they must go out.
+    #[allow(clippy::box_collection)]
     pending_acks: Option<Box<std::collections::VecDeque<(u64, Packet)>>>,
     /// Store operations gathered while handling packets and deliveries; the driver submits them in one go.
     ops: halyard_core::Writes,
