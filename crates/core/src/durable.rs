@@ -10,7 +10,7 @@ use crate::session::{InflightEntry, Queued, SessionHandle, SessionState};
 use crate::subscription::SubEntry;
 use crate::will::Will;
 use halyard_store::{Fsync, Op, RedbStore, Restored, StoreError};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -159,7 +159,7 @@ impl Broker {
             let restored_at = started;
             // The store's table, plus the list a record written before the table existed may still carry.
             let table_ids = r.awaiting_rel.remove(&client).unwrap_or_default();
-            let mut awaiting_rel: HashMap<u16, Instant> = table_ids.iter().map(|id| (*id, restored_at)).collect();
+            let mut awaiting_rel: BTreeMap<u16, Instant> = table_ids.iter().map(|id| (*id, restored_at)).collect();
             for id in &rec.awaiting_rel {
                 if awaiting_rel.insert(*id, restored_at).is_none() {
                     // Moved into the table: the record is rewritten without its list (on reconnect, say), and

@@ -8,7 +8,7 @@ use crate::subscription::SubscriptionRecord;
 use crate::will::Will;
 use bytes::{BufMut, Bytes, BytesMut};
 use halyard_codec::{Packet, Properties, ProtocolVersion, Publish, QoS, SubscriptionOptions, Utf8};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -181,7 +181,7 @@ pub struct SessionRecord {
     pub expiry_interval: u32,
     /// When the session went offline (0: it was online when last written).
     pub disconnected_at_ms: u64,
-    pub subscriptions: HashMap<String, SubscriptionRecord>,
+    pub subscriptions: BTreeMap<String, SubscriptionRecord>,
     pub will: Option<WillRecord>,
     /// Inbound QoS 2 packet ids awaiting PUBREL, as records written before the store's awaiting_rel table
     /// kept them. Still decoded (restore adds them to the table's ids), always written empty now: the table
@@ -275,7 +275,7 @@ pub fn decode_session(b: Bytes) -> Result<SessionRecord, Corrupt> {
     let expiry_interval = r.u32()?;
     let disconnected_at_ms = r.u64()?;
     let n = r.u32()?;
-    let mut subscriptions = HashMap::new();
+    let mut subscriptions = BTreeMap::new();
     for _ in 0..n {
         let filter = r.utf8()?.to_string();
         let options = options_from(r.u8()?);
@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn session_and_meta_round_trip() {
-        let mut subscriptions = HashMap::new();
+        let mut subscriptions = BTreeMap::new();
         let options = SubscriptionOptions {
             qos: QoS::AtLeastOnce,
             no_local: true,

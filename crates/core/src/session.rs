@@ -12,7 +12,7 @@ pub use crate::subscription::SubscriptionRecord;
 use halyard_codec::QoS;
 use halyard_store::Op;
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -455,7 +455,7 @@ impl SessionHandle {
     }
 
     /// The subscriptions of the parked (offline) state, to rewrite its record.
-    pub(crate) fn parked_subscription_records(&self) -> Option<HashMap<String, SubscriptionRecord>> {
+    pub(crate) fn parked_subscription_records(&self) -> Option<BTreeMap<String, SubscriptionRecord>> {
         self.parked.lock().as_ref().map(|s| s.subscriptions.clone())
     }
 
@@ -585,11 +585,11 @@ pub struct InflightEntry {
 #[derive(Debug, Default)]
 pub struct SessionState {
     /// Keyed by the filter exactly as subscribed (including any `$share/<group>/` prefix).
-    pub subscriptions: HashMap<String, SubscriptionRecord>,
+    pub subscriptions: BTreeMap<String, SubscriptionRecord>,
     /// Outbound QoS 1/2 messages in send order.
     pub inflight: VecDeque<InflightEntry>,
     /// Inbound QoS 2 packet ids whose PUBREL has not arrived, with when they arrived.
-    pub awaiting_rel: HashMap<u16, Instant>,
+    pub awaiting_rel: BTreeMap<u16, Instant>,
     pub last_packet_id: u16,
 }
 

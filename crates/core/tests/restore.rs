@@ -11,7 +11,6 @@ use halyard_core::persist::{self, SessionRecord, WillRecord};
 use halyard_core::session::{InflightEntry, Queued, Stage, SubscriptionRecord};
 use halyard_core::{Broker, Message, Writes};
 use halyard_store::{Fsync, Op, RedbStore, Store};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -213,7 +212,10 @@ async fn a_session_that_expired_while_the_broker_was_down_ends_at_open_and_its_w
     let watcher = SessionRecord {
         expiry_interval: 3600,
         disconnected_at_ms: now_ms,
-        subscriptions: HashMap::from([("will/#".to_string(), SubscriptionRecord { options: qos1(), sub_id: None })]),
+        subscriptions: std::collections::BTreeMap::from([(
+            "will/#".to_string(),
+            SubscriptionRecord { options: qos1(), sub_id: None },
+        )]),
         ..Default::default()
     };
     let dead = SessionRecord {
