@@ -30,6 +30,11 @@ const HELD_MAX: usize = 1024;
 const HELD_READ_MAX: usize = 1024 * 1024;
 /// Acknowledgements one connection may have waiting for store commits before it stops reading.
 const PENDING_ACKS_MAX: usize = 1024;
+/// Deliveries a connection's publishes may make before it lets other tasks run. Reading is cheap next to
+/// delivering, so a publisher that reads all its socket holds (tokio's cooperative budget allows 128 reads per
+/// turn, 2 MiB) fills its subscribers' queues far faster than they can drain them and QoS 0 floods end in drops
+/// of almost everything. Yielding after this much work lets the woken subscribers run between two reads.
+const ROUTED_PER_TURN: u32 = 1024;
 /// The longest a publisher is held back at once.
 const HOLD_LIMIT: Duration = Duration::from_secs(2);
 /// How long a closing connection may take to flush its last packets and see the client close.
@@ -520,6 +525,10 @@ async fn process(
         }
         if let Some(c) = feed(conn, packet, hold, broker, zone, control_tx).await {
             return Some(c);
+        }
+        if conn.routed() >= ROUTED_PER_TURN {
+            conn.reset_routed();
+            tokio::task::yield_now().await;
         }
     }
 }

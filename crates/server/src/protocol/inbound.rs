@@ -159,6 +159,8 @@ impl Conn {
         // No allocation unless a subscriber's backlog holds this publisher back (then it is kept for the driver).
         let mut congested = Vec::new();
         let published = self.broker.publish_into(Arc::new(msg), with, &mut congested);
+        let work = u32::try_from(published.matched).unwrap_or(u32::MAX).saturating_add(1);
+        self.routed = self.routed.saturating_add(work);
         if !congested.is_empty() {
             self.congested.get_or_insert_with(Default::default).append(&mut congested);
         }

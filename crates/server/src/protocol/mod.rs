@@ -115,6 +115,9 @@ pub struct Conn {
     connect_expiry: u32,
     /// Bytes of the topic filters of this session's subscriptions, held to `mqtt.max_subscriptions_bytes`.
     subscription_bytes: u32,
+    /// Deliveries this connection's publishes made since the driver last reset the count (`reset_routed`): the work its
+    /// reading caused, which the driver paces against the deliveries it made for others.
+    routed: u32,
     /// The last fill stopped at a delivery whose publish has not committed yet.
     gated: bool,
     /// Deliveries taken from the queue that wait for the driver to read their messages from the store (boxed:
@@ -185,6 +188,7 @@ impl Conn {
             connect_expiry: 0,
             bridge: false,
             subscription_bytes: 0,
+            routed: 0,
             gated: false,
             reading: None,
             aliases: None,
@@ -261,6 +265,17 @@ impl Conn {
         if self.out.is_empty() && self.out.capacity() > IDLE_BUFFER {
             self.out = BytesMut::new();
         }
+    }
+
+    /// The deliveries (one per matching subscription, plus one per publish) this connection's publishes made
+    /// since the last `reset_routed`.
+    pub fn routed(&self) -> u32 {
+        self.routed
+    }
+
+    /// Starts counting `routed` afresh.
+    pub fn reset_routed(&mut self) {
+        self.routed = 0;
     }
 
     /// True while a subscriber's backlog holds this publisher back.

@@ -464,3 +464,25 @@ async fn a_qos2_id_forgotten_after_await_rel_timeout_is_forgotten_in_the_store_t
     assert!(c.state.awaiting_rel.is_empty(), "forgotten in memory");
     assert_eq!(stored(&b).unwrap_or_default(), Vec::<u16>::new(), "and in the store");
 }
+
+#[tokio::test]
+async fn routed_counts_one_per_publish_plus_one_per_matching_subscriber() {
+    // The driver paces a publisher by this count (it yields after `ROUTED_PER_TURN`), so a fan-out publish must
+    // weigh as much as the deliveries it makes, and a publish nobody receives still costs one.
+    let b = broker(&[]);
+    let t0 = Instant::now();
+    let mut subs = Vec::new();
+    for i in 0..3 {
+        let mut s = connected(&b, ProtocolVersion::V4, &format!("rs{i}"), 0, t0).await;
+        assert!(matches!(s.handle(subscribe("r/#", QoS::AtMostOnce), t0), Step::Continue));
+        subs.push(s);
+    }
+    let mut p = connected(&b, ProtocolVersion::V4, "rp", 0, t0).await;
+    assert_eq!(p.routed(), 0);
+    assert!(matches!(p.handle(publish("r/1", QoS::AtMostOnce, None, false), t0), Step::Continue));
+    assert_eq!(p.routed(), 4);
+    assert!(matches!(p.handle(publish("nobody/1", QoS::AtMostOnce, None, false), t0), Step::Continue));
+    assert_eq!(p.routed(), 5);
+    p.reset_routed();
+    assert_eq!(p.routed(), 0);
+}
