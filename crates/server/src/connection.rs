@@ -1,8 +1,9 @@
-//! The task that drives one TCP connection: it reads and decodes packets, feeds them to the protocol state
+//! The task that drives one connection (over TCP, or any `io::Transport`): it reads and decodes packets, feeds them to the protocol state
 //! machine, drains the session queue when told to, writes what the state machine produced (many packets per
 //! write), and handles the takeover handshake and shutdown. No protocol rule lives here. While nothing happens
 //! the connection is parked in a small future (`Link::idle`); its busy state is boxed and given back.
 
+use crate::io::Io;
 use crate::listener::OpenSlot;
 use crate::protocol::{Close, Conn, Step, OUT_HIGH_WATER};
 use bytes::BytesMut;
@@ -13,11 +14,9 @@ use halyard_core::metrics::Metrics;
 use halyard_core::session::{Control, SessionHandle};
 use halyard_core::{Broker, Delivery};
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
@@ -46,7 +45,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 pub(crate) fn serve(
-    stream: TcpStream,
+    io: Io,
+    peer: Option<SocketAddr>,
     broker: Arc<Broker>,
     zone: Arc<MqttConfig>,
     shutdown: watch::Receiver<bool>,
@@ -54,7 +54,7 @@ pub(crate) fn serve(
 ) -> impl std::future::Future<Output = ()> {
     // Built outside the async fn: locals moved into the link would otherwise keep their own slots in the
     // connection's future for its whole life.
-    run(Link::new(stream, broker, zone, shutdown, slot))
+    run(Link::new(io, peer, broker, zone, shutdown, slot))
 }
 
 /// An `async move` block over the link rather than an `async fn` taking it: an async fn's argument is copied
@@ -95,8 +95,7 @@ enum Wake {
 /// packets and the commit watch belong to `busy`.
 struct Link {
     conn: Conn,
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    io: Io,
     control_rx: oneshot::Receiver<Control>,
     /// The sender is dropped unanswered when the session ends without a takeover: stop polling then.
     control_open: bool,
@@ -110,20 +109,18 @@ struct Link {
 
 impl Link {
     fn new(
-        stream: TcpStream,
+        io: Io,
+        peer: Option<SocketAddr>,
         broker: Arc<Broker>,
         zone: Arc<MqttConfig>,
         shutdown: watch::Receiver<bool>,
         slot: OpenSlot,
     ) -> Link {
-        let peer = stream.peer_addr().ok();
         tracing::debug!(?peer, "connection accepted");
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
         let now = Instant::now();
         let conn = Conn::new(broker, zone, now, peer);
         let (control_tx, control_rx) = oneshot::channel::<Control>();
-        Link { conn, rd, wr, control_rx, control_open: true, control_tx: Some(control_tx), shutdown, _slot: slot }
+        Link { conn, io, control_rx, control_open: true, control_tx: Some(control_tx), shutdown, _slot: slot }
     }
 
     /// The span of one busy period (client id once known). Made per period, because a span's recorded fields
@@ -137,11 +134,11 @@ impl Link {
 
     /// Waits with a small future until something may need attention.
     async fn idle(&mut self, mut timer: std::pin::Pin<&mut tokio::time::Sleep>) -> Wake {
-        let Link { conn, rd, control_rx, control_open, .. } = self;
+        let Link { conn, io, control_rx, control_open, .. } = self;
         tokio::select! {
             biased;
             ctl = control_rx, if *control_open => Wake::Control(ctl),
-            _ = std::future::poll_fn(|cx| rd.as_ref().poll_read_ready(cx)) => Wake::Other,
+            _ = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => Wake::Other,
             _ = notified(conn.session().map(|s| &**s)) => Wake::Deliveries,
             _ = timer.as_mut() => Wake::Other,
         }
@@ -149,7 +146,7 @@ impl Link {
 
     /// Serves the connection until it has been quiet for `IDLE_AFTER` (`Ok`) or must close (`Err`).
     async fn busy(&mut self, wake: Wake, mut timer: std::pin::Pin<&mut tokio::time::Sleep>) -> Result<(), Close> {
-        let Link { conn, rd, wr, control_rx, control_open, control_tx, shutdown, .. } = self;
+        let Link { conn, io, control_rx, control_open, control_tx, shutdown, .. } = self;
         let (broker, zone) = (conn.broker().clone(), conn.zone().clone());
         let (broker, zone) = (&broker, &*zone);
         let mut rbuf = BytesMut::new();
@@ -166,7 +163,7 @@ impl Link {
         let mut reading: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Delivery>> + Send>>> = None;
         match wake {
             Wake::Control(Ok(ctl)) => {
-                return Err(take_over(conn, ctl, rd, rbuf, hold, broker, zone, control_tx).await);
+                return Err(take_over(conn, ctl, io, rbuf, hold, broker, zone, control_tx).await);
             }
             Wake::Control(Err(_)) => *control_open = false,
             Wake::Deliveries => {
@@ -237,6 +234,7 @@ impl Link {
                 }
             }
             let want_fill = session.is_some() && conn.wants_deliveries();
+            let want_write = io.wants_write(&conn.out);
             let waits_for_commit = conn.waits_for_commit() && !commits_closed;
             // Not before CONNECT (a parked connection without a session is not woken at shutdown; the connect
             // timeout bounds those anyway), and not with part of a packet read.
@@ -250,25 +248,26 @@ impl Link {
                 biased;
                 _ = shutdown.changed() => return Err(shutting_down()),
                 ctl = &mut *control_rx, if *control_open => match ctl {
-                    Ok(ctl) => return Err(take_over(conn, ctl, rd, rbuf, hold, broker, zone, control_tx).await),
+                    Ok(ctl) => return Err(take_over(conn, ctl, io, rbuf, hold, broker, zone, control_tx).await),
                     // The sender is dropped unanswered when the session ends without a takeover.
                     Err(_) => *control_open = false,
                 },
-                r = wr.write_buf(&mut conn.out), if !conn.out.is_empty() => {
-                    if let Err(e) = r {
-                        return Err(Close::lost(format!("write failed: {e}")));
-                    }
-                    // The queue's wake-up may have been spent while the buffer was full: look again now it drained.
-                    if conn.wants_deliveries() {
-                        conn.after_input(Instant::now());
-                    }
-                    conn.release_idle_buffers();
-                }
-                // poll_read_ready uses the socket's own waker slot; `readable()` would add a 168-byte waiter.
-                // This task is the only reader.
-                r = std::future::poll_fn(|cx| rd.as_ref().poll_read_ready(cx)), if want_read => {
-                    if let Err(e) = r {
-                        return Err(Close::lost(format!("read failed: {e}")));
+                // Writing and reading share the stream, so they are one branch (writing first, as before).
+                ev = std::future::poll_fn(|cx| poll_io(io, cx, want_write, want_read, &mut conn.out)), if want_write || want_read => {
+                    let readable = match ev {
+                        IoEvent::Sent(Ok(0)) => return Err(Close::lost("write failed: the peer takes nothing more")),
+                        IoEvent::Sent(Err(e)) => return Err(Close::lost(format!("write failed: {e}"))),
+                        IoEvent::Readable(Err(e)) => return Err(Close::lost(format!("read failed: {e}"))),
+                        IoEvent::Sent(Ok(_)) => false,
+                        IoEvent::Readable(Ok(())) => true,
+                    };
+                    if !readable {
+                        // The queue's wake-up may have been spent while the buffer was full: look again now it drained.
+                        if conn.wants_deliveries() {
+                            conn.after_input(Instant::now());
+                        }
+                        conn.release_idle_buffers();
+                        continue;
                     }
                     if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
                         rbuf.reserve(READ_CHUNK);
@@ -276,7 +275,7 @@ impl Link {
                             hold.read_while_held += READ_CHUNK;
                         }
                     }
-                    match rd.try_read_buf(rbuf) {
+                    match io.try_read_buf(rbuf) {
                         Ok(0) => {
                             // What the client sent before closing still counts, held or not: a DISCONNECT among
                             // it means no will [MQTT-3.1.2-10].
@@ -370,7 +369,7 @@ impl Link {
 
     /// Closes the session side and lingers so the client sees our last packets.
     async fn end(mut self, close: Close) {
-        let peer = self.rd.as_ref().peer_addr().ok();
+        let peer = self.conn.peer_addr();
         if close.publish_will && close.reason_code.is_none() {
             tracing::debug!(why = %close.why, ?peer, "connection lost");
         } else {
@@ -380,7 +379,7 @@ impl Link {
         // The session is parked: a takeover waiting on us may proceed now, not after the linger below.
         drop(self.control_rx);
         // Boxed: its 4 KiB discard buffer would otherwise be part of every connection's future.
-        Box::pin(linger(&mut self.rd, &mut self.wr, &mut self.conn.out)).await;
+        Box::pin(self.io.linger(&mut self.conn.out, FLUSH_TIMEOUT)).await;
     }
 }
 
@@ -396,7 +395,7 @@ fn shutting_down() -> Close {
 async fn take_over(
     conn: &mut Conn,
     ctl: Control,
-    rd: &mut OwnedReadHalf,
+    io: &mut Io,
     rbuf: &mut BytesMut,
     hold: &mut Hold,
     broker: &Arc<Broker>,
@@ -405,7 +404,7 @@ async fn take_over(
 ) -> Close {
     let Control::Takeover { resume, done } = ctl;
     // Boxed: it runs once per takeover, and its read buffer would otherwise enlarge every busy period's future.
-    let close = match Box::pin(read_what_was_sent(conn, rd, rbuf, hold, broker, zone, control_tx)).await {
+    let close = match Box::pin(read_what_was_sent(conn, io, rbuf, hold, broker, zone, control_tx)).await {
         // Those packets decide the will (a DISCONNECT discards it) and what the client is told; the session
         // itself is handed over all the same (not parked offline first: its shared messages stay with it).
         Some(c) => Close { detach: halyard_core::broker::DetachReason::TakenOver { resume }, ..c },
@@ -425,7 +424,7 @@ const TAKEOVER_READ_MAX: usize = 1024 * 1024;
 /// client's close, a protocol error).
 async fn read_what_was_sent(
     conn: &mut Conn,
-    rd: &mut OwnedReadHalf,
+    io: &mut Io,
     rbuf: &mut BytesMut,
     hold: &mut Hold,
     broker: &Arc<Broker>,
@@ -447,10 +446,10 @@ async fn read_what_was_sent(
         if read >= TAKEOVER_READ_MAX {
             return None;
         }
-        // Straight from the socket: tokio's readiness flag lags behind the kernel until the reactor next runs, so
-        // `try_read` may say "would block" about bytes that arrived long ago.
+        // Straight from the socket where it can be (`Io::read_now`): `try_read` may say "would block" about bytes
+        // that arrived long ago.
         let mut chunk = [0u8; 4096];
-        match std::io::Read::read(&mut &*socket2::SockRef::from(rd.as_ref()), &mut chunk) {
+        match io.read_now(&mut chunk) {
             Ok(0) => {
                 // What came before the close still counts: a DISCONNECT among it means no will.
                 if let Some(c) = process(conn, rbuf, hold, broker, zone, control_tx, false).await {
@@ -621,26 +620,37 @@ async fn notified(session: Option<&SessionHandle>) {
     }
 }
 
-/// Flushes what is left (a DISCONNECT, say), half-closes, then reads and discards until the client closes too.
-/// Closing with unread bytes in the receive buffer makes the kernel send RST, and a client that is still
-/// writing (a PUBREL in flight) would then fail on its write before it could read our DISCONNECT.
-async fn linger(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, out: &mut BytesMut) {
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
-        while !out.is_empty() {
-            if wr.write_buf(out).await.unwrap_or(0) == 0 {
-                break;
-            }
+/// What the stream did: sent some of the output, or became readable.
+enum IoEvent {
+    Sent(std::io::Result<usize>),
+    Readable(std::io::Result<()>),
+}
+
+fn poll_io(
+    io: &mut Io,
+    cx: &mut std::task::Context<'_>,
+    want_write: bool,
+    want_read: bool,
+    out: &mut BytesMut,
+) -> std::task::Poll<IoEvent> {
+    if want_write {
+        if let std::task::Poll::Ready(r) = io.poll_send(cx, out) {
+            return std::task::Poll::Ready(IoEvent::Sent(r));
         }
-        let _ = wr.shutdown().await;
-        let mut sink = [0u8; 4096];
-        while rd.read(&mut sink).await.unwrap_or(0) > 0 {}
-    })
-    .await;
+    }
+    if want_read {
+        if let std::task::Poll::Ready(r) = io.poll_read_ready(cx) {
+            return std::task::Poll::Ready(IoEvent::Readable(r));
+        }
+    }
+    std::task::Poll::Pending
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
 
     /// Encodes packets as a 3.1.1 client would send them.
     fn wire(packets: &[Packet]) -> Vec<u8> {
@@ -667,7 +677,7 @@ mod tests {
         let (stream, _) = server.expect("accept");
         let (_shutdown, rx) = watch::channel(false);
         let slot = OpenSlot::take(&Arc::new(std::sync::atomic::AtomicUsize::new(0)), &broker);
-        let link = tokio::spawn(serve(stream, broker.clone(), zone.clone(), rx, slot));
+        let link = tokio::spawn(serve(Io::tcp(stream), None, broker.clone(), zone.clone(), rx, slot));
         let connect = Connect {
             protocol: halyard_codec::ProtocolVersion::V4,
             clean_start: false,
@@ -724,12 +734,121 @@ mod tests {
         let (stream, _) = server.expect("accept");
         let (_tx, rx) = watch::channel(false);
         let slot = OpenSlot::take(&Arc::new(std::sync::atomic::AtomicUsize::new(0)), &broker);
-        let fut = serve(stream, broker.clone(), Arc::new(broker.config.mqtt.clone()), rx, slot);
+        let fut = serve(Io::tcp(stream), None, broker.clone(), Arc::new(broker.config.mqtt.clone()), rx, slot);
         let size = std::mem::size_of_val(&fut);
         eprintln!("connection future: {size} bytes; Conn: {} bytes", std::mem::size_of::<Conn>());
         // Measured 5.5 KB at first, 4 KiB of it the discard buffer of `linger` (now boxed); 1,704 bytes after that
         // and boxing the rarely used branches, the will and the parked state.
         // A regression bound, and the largest single item of the per-connection memory in docs/performance.md.
         assert!(size <= 680, "connection future grew to {size} bytes"); // 664 measured
+    }
+
+    /// Accepts one connection on `l` and serves it through the boxed `Transport` path (what TLS and WebSocket
+    /// connections run on).
+    async fn serve_boxed(l: &tokio::net::TcpListener, broker: &Arc<Broker>) -> TcpStream {
+        let addr = l.local_addr().expect("addr");
+        let (client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let (stream, peer) = server.expect("accept");
+        let (_shutdown, rx) = watch::channel(false);
+        std::mem::forget(_shutdown);
+        let slot = OpenSlot::take(&Arc::new(std::sync::atomic::AtomicUsize::new(0)), broker);
+        let io = Io::stream(Box::new(crate::io::PlainTransport(stream)));
+        tokio::spawn(serve(io, Some(peer), broker.clone(), Arc::new(broker.config.mqtt.clone()), rx, slot));
+        client.expect("connect")
+    }
+
+    /// Reads until `n` packets have been decoded.
+    async fn read_packets(s: &mut TcpStream, buf: &mut BytesMut, n: usize) -> Vec<Packet> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            while let Some(p) =
+                halyard_codec::decode(buf, halyard_codec::ProtocolVersion::V4, usize::MAX).expect("decode")
+            {
+                got.push(p);
+            }
+            if got.len() >= n {
+                break;
+            }
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read_buf(buf)).await.expect("in time");
+            assert!(read.expect("read") > 0, "closed after {} packets", got.len());
+        }
+        got
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_boxed_transport_path_carries_a_qos1_stream_both_ways() {
+        // Large payloads, written in one go by the publisher: reads and writes of the boxed path stop part-way
+        // and resume (partial writes, buffered reads), and every message arrives once, in order, acknowledged.
+        use halyard_codec::{Connect, PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Utf8};
+        use tokio::io::AsyncWriteExt;
+        let broker = Broker::new(halyard_core::config::Config::default());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let connect = |id: &str| {
+            Packet::Connect(Box::new(Connect {
+                protocol: halyard_codec::ProtocolVersion::V4,
+                clean_start: true,
+                keep_alive: 0,
+                client_id: Utf8::from(id),
+                will: None,
+                username: None,
+                password: None,
+                properties: Default::default(),
+                bridge: false,
+            }))
+        };
+        let mut sub = serve_boxed(&l, &broker).await;
+        let mut sbuf = BytesMut::new();
+        let subscribe = Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Default::default(),
+            filters: vec![(Utf8::from("big/#"), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() })],
+        });
+        sub.write_all(&wire(&[connect("bsub"), subscribe])).await.expect("write");
+        let acks = read_packets(&mut sub, &mut sbuf, 2).await;
+        assert!(matches!(acks.as_slice(), [Packet::ConnAck(_), Packet::SubAck(_)]), "{acks:?}");
+
+        let mut publ = serve_boxed(&l, &broker).await;
+        let mut pbuf = BytesMut::new();
+        const N: u16 = 300;
+        let payload = bytes::Bytes::from(vec![7u8; 20_000]);
+        let mut packets = vec![connect("bpub")];
+        for i in 1..=N {
+            packets.push(Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: Utf8::from(format!("big/{i}")),
+                packet_id: Some(i),
+                properties: Default::default(),
+                payload: payload.clone(),
+            }));
+        }
+        let bytes = wire(&packets);
+        let writer = tokio::spawn(async move {
+            publ.write_all(&bytes).await.expect("write");
+            publ
+        });
+        let mut received = 0u16;
+        while received < N {
+            let got = read_packets(&mut sub, &mut sbuf, 1).await;
+            for p in got {
+                let Packet::Publish(p) = p else { panic!("{p:?}") };
+                received += 1;
+                assert_eq!(&*p.topic, format!("big/{received}"), "in order");
+                assert_eq!(p.payload.len(), 20_000);
+                let ack = Packet::PubAck(PubResp {
+                    packet_id: p.packet_id.expect("id"),
+                    reason_code: 0,
+                    properties: Default::default(),
+                });
+                sub.write_all(&wire(&[ack])).await.expect("ack");
+            }
+        }
+        let mut publ = writer.await.expect("writer");
+        let got = read_packets(&mut publ, &mut pbuf, usize::from(N) + 1).await;
+        assert!(matches!(got[0], Packet::ConnAck(_)));
+        for (i, p) in got[1..].iter().enumerate() {
+            assert!(matches!(p, Packet::PubAck(a) if usize::from(a.packet_id) == i + 1), "{p:?}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! Not here: broker state (core), packet bytes (codec), configuration loading (core), the CLI (binary).
 
 mod connection;
+pub mod io;
 mod listener;
 pub mod protocol;
 

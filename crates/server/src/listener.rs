@@ -2,6 +2,7 @@
 //! connection task per client with its zone's settings.
 
 use crate::connection::serve;
+use crate::io::Io;
 use halyard_core::metrics::Metrics;
 use halyard_core::Broker;
 use std::collections::BTreeMap;
@@ -127,7 +128,7 @@ async fn accept_loop(
         let slot = OpenSlot::take(&open, &broker);
         // Spawned as is: a wrapping async block would keep what it was made from in its own state for the
         // connection's whole life (about 70 bytes each), and the slot is given back by the link's drop anyway.
-        tokio::spawn(serve(stream, broker.clone(), zone.clone(), shutdown.clone(), slot));
+        tokio::spawn(serve(Io::tcp(stream), Some(peer), broker.clone(), zone.clone(), shutdown.clone(), slot));
     }
 }
 

@@ -312,6 +312,14 @@ impl Conn {
         self.client.as_deref().map(|c| &*c.client_id)
     }
 
+    /// The peer's address (the client's real one when a PROXY-protocol header gave it).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match &self.client {
+            Some(c) => c.peer,
+            None => self.peer.as_deref().copied(),
+        }
+    }
+
     /// The client as the hooks see it (from CONNECT on).
     pub fn client_info(&self) -> Option<&Arc<ClientInfo>> {
         self.client.as_ref()

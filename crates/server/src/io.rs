@@ -1,0 +1,196 @@
+//! The byte stream under one connection, as the connection driver uses it: readiness to wait on while idle, a
+//! read that never waits, a write of the output buffer, a read of what already arrived (takeover), and the
+//! closing linger. Plain TCP is split into tokio's owned halves (no allocation, nothing in between); any other
+//! stream (TLS, WebSocket, a PROXY-protocol client behind either) is a boxed [`Transport`]. The protocol is the
+//! same over all of them: only bytes cross this boundary.
+
+use bytes::{Buf, BytesMut};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// A byte stream over a TCP socket other than the socket itself: TLS, WebSocket.
+///
+/// The driver waits on the socket's read readiness and then reads without waiting, so a stream must return
+/// `Pending` from `poll_read` only when it holds no decoded bytes and its socket had nothing more to give. It
+/// may buffer bytes across a `Ready` (a TLS record larger than the buffer it was offered): the driver reads again
+/// after every read that returned bytes, until one is `Pending`, before it waits on the socket again.
+pub trait Transport: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {
+    /// The TCP socket underneath: its readiness wakes an idle connection.
+    fn socket(&self) -> &TcpStream;
+}
+
+/// A pass-through over a TCP socket through the `Transport` path: what TLS and WebSocket connections run on,
+/// without their framing. Lets tests drive the boxed path over real sockets.
+pub struct PlainTransport(pub TcpStream);
+
+impl AsyncRead for PlainTransport {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PlainTransport {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl Transport for PlainTransport {
+    fn socket(&self) -> &TcpStream {
+        &self.0
+    }
+}
+
+/// One connection's stream.
+// `Stream` is made only by tests until the TLS and WebSocket listeners use it.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum Io {
+    Tcp {
+        rd: OwnedReadHalf,
+        wr: OwnedWriteHalf,
+    },
+    Stream {
+        stream: Box<dyn Transport>,
+        /// The last read returned bytes: the stream may hold more, so it counts as readable until a read says
+        /// it would block.
+        maybe_buffered: bool,
+        /// Bytes written into the stream wait in its own buffer (a TLS record) until flushed.
+        unflushed: bool,
+    },
+}
+
+impl Io {
+    pub(crate) fn tcp(stream: TcpStream) -> Io {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        Io::Tcp { rd, wr }
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn stream(stream: Box<dyn Transport>) -> Io {
+        let _ = stream.socket().set_nodelay(true);
+        Io::Stream { stream, maybe_buffered: false, unflushed: false }
+    }
+
+    /// Ready when a read may return something (possibly spuriously). Uses the socket's own waker slot: a
+    /// `readable()` future would add a waiter of its own to every idle connection.
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Io::Tcp { rd, .. } => rd.as_ref().poll_read_ready(cx),
+            Io::Stream { maybe_buffered: true, .. } => Poll::Ready(Ok(())),
+            Io::Stream { stream, .. } => stream.socket().poll_read_ready(cx),
+        }
+    }
+
+    /// Reads what is there into `buf`'s spare capacity without waiting: `WouldBlock` when nothing is.
+    pub(crate) fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Io::Tcp { rd, .. } => rd.try_read_buf(buf),
+            Io::Stream { stream, maybe_buffered, .. } => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut fut = std::pin::pin!(stream.read_buf(buf));
+                match fut.as_mut().poll(&mut cx) {
+                    Poll::Ready(Ok(n)) => {
+                        *maybe_buffered = n > 0;
+                        Ok(n)
+                    }
+                    Poll::Ready(Err(e)) => {
+                        *maybe_buffered = false;
+                        Err(e)
+                    }
+                    Poll::Pending => {
+                        *maybe_buffered = false;
+                        Err(io::ErrorKind::WouldBlock.into())
+                    }
+                }
+            }
+        }
+    }
+
+    /// True while something written has not reached the socket yet.
+    pub(crate) fn wants_write(&self, out: &BytesMut) -> bool {
+        !out.is_empty() || matches!(self, Io::Stream { unflushed: true, .. })
+    }
+
+    /// Writes from `out` (advancing it), flushing a stream's own buffer once `out` is empty. Ready after any
+    /// progress; `Ok(0)` means the peer cannot take more (closed).
+    pub(crate) fn poll_send(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<io::Result<usize>> {
+        match self {
+            Io::Tcp { wr, .. } => {
+                let n = std::task::ready!(Pin::new(wr).poll_write(cx, out))?;
+                out.advance(n);
+                Poll::Ready(Ok(n))
+            }
+            Io::Stream { stream, unflushed, .. } => {
+                if !out.is_empty() {
+                    let n = std::task::ready!(Pin::new(&mut **stream).poll_write(cx, out))?;
+                    out.advance(n);
+                    *unflushed = true;
+                    if n == 0 {
+                        return Poll::Ready(Ok(0));
+                    }
+                    if !out.is_empty() {
+                        return Poll::Ready(Ok(n));
+                    }
+                }
+                // Everything handed over: push it out of the stream's buffer.
+                std::task::ready!(Pin::new(&mut **stream).poll_flush(cx))?;
+                *unflushed = false;
+                Poll::Ready(Ok(1))
+            }
+        }
+    }
+
+    /// Reads what the peer has already sent, without waiting, for a connection being taken over. Plain TCP
+    /// reads the socket directly, because tokio's readiness flag lags behind the kernel until the reactor next
+    /// runs; a stream can only read what its readiness says is there, so the last bytes a TLS or WebSocket
+    /// client sent just before its reconnect may be missed (they are lost as with any closed connection).
+    pub(crate) fn read_now(&mut self, chunk: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Io::Tcp { rd, .. } => std::io::Read::read(&mut &*socket2::SockRef::from(rd.as_ref()), chunk),
+            Io::Stream { .. } => {
+                let mut buf = BytesMut::with_capacity(chunk.len());
+                let n = self.try_read_buf(&mut buf)?;
+                chunk[..n].copy_from_slice(&buf[..n]);
+                Ok(n)
+            }
+        }
+    }
+
+    /// Flushes what is left (a DISCONNECT, say), half-closes, then reads and discards until the client closes
+    /// too. Closing with unread bytes in the receive buffer makes the kernel send RST, and a client that is
+    /// still writing (a PUBREL in flight) would then fail on its write before it could read our DISCONNECT.
+    pub(crate) async fn linger(&mut self, out: &mut BytesMut, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, async {
+            while self.wants_write(out) {
+                match std::future::poll_fn(|cx| self.poll_send(cx, out)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            let mut sink = [0u8; 4096];
+            match self {
+                Io::Tcp { rd, wr } => {
+                    let _ = wr.shutdown().await;
+                    while rd.read(&mut sink).await.unwrap_or(0) > 0 {}
+                }
+                Io::Stream { stream, .. } => {
+                    let _ = stream.shutdown().await;
+                    while stream.read(&mut sink).await.unwrap_or(0) > 0 {}
+                }
+            }
+        })
+        .await;
+    }
+}
