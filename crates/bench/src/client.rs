@@ -90,7 +90,7 @@ async fn connect_inner(o: &ConnectOpts, index: usize, client_id: &str) -> Result
         will: None,
         username: o.username.as_deref().map(Utf8::from),
         password: o.password.as_ref().map(|p| p.clone().into_bytes().into()),
-        properties: Box::new(properties),
+        properties: Box::new(properties).into(),
         bridge: false,
     };
     conn.send(&Packet::Connect(Box::new(c)))?;

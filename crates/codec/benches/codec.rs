@@ -16,7 +16,7 @@ fn publish(v: ProtocolVersion, size: usize) -> Packet {
         retain: false,
         topic: Utf8::from("sensors/building-7/floor-3/room-12/temperature"),
         packet_id: Some(42),
-        properties: Box::new(properties),
+        properties: Box::new(properties).into(),
         payload: Bytes::from(vec![7u8; size]),
     })
 }

@@ -114,18 +114,18 @@ fn decode_body(first_byte: u8, r: &mut Reader, version: ProtocolVersion) -> Resu
     })
 }
 
-fn v5_properties(r: &mut Reader, v5: bool, scope: Scope) -> Result<Box<Properties>, DecodeError> {
+fn v5_properties(r: &mut Reader, v5: bool, scope: Scope) -> Result<Props, DecodeError> {
     if v5 {
-        properties::decode(r, scope).map(Box::new)
+        properties::decode(r, scope).map(Props::from)
     } else {
-        Ok(Box::default())
+        Ok(Props::default())
     }
 }
 
 /// DISCONNECT and AUTH may stop after the reason code, or leave out both (spec 3.14.2.1, 3.15.2.1).
-fn reason_and_properties(r: &mut Reader, scope: Scope) -> Result<(u8, Box<Properties>), DecodeError> {
+fn reason_and_properties(r: &mut Reader, scope: Scope) -> Result<(u8, Props), DecodeError> {
     let reason_code = if r.is_empty() { 0 } else { r.u8()? };
-    let properties = if r.is_empty() { Box::default() } else { Box::new(properties::decode(r, scope)?) };
+    let properties = if r.is_empty() { Props::default() } else { Props::from(properties::decode(r, scope)?) };
     Ok((reason_code, properties))
 }
 

@@ -172,7 +172,107 @@ pub struct Properties {
 
 impl Properties {
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        *self == EMPTY_PROPERTIES
+    }
+}
+
+/// A packet's properties, allocated only when it has any. Most packets have none (every MQTT 3.x packet, most
+/// v5 acknowledgements), and a boxed empty `Properties` on each was an allocation and a free of ~400 bytes per
+/// packet on the hot path. Reads of an empty one see a shared empty `Properties`; the first write allocates.
+#[derive(Clone, Default)]
+pub struct Props(Option<Box<Properties>>);
+
+/// Equal when the same properties are set, allocated or not.
+impl PartialEq for Props {
+    fn eq(&self, other: &Props) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Props {}
+
+static EMPTY_PROPERTIES: Properties = Properties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: Vec::new(),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifier_available: None,
+    shared_subscription_available: None,
+};
+
+impl Props {
+    /// True when no property is set (cheap when none was ever written).
+    pub fn is_empty(&self) -> bool {
+        self.0.as_deref().is_none_or(Properties::is_empty)
+    }
+
+    /// The properties for writing only if some exist: a change that only clears or takes something out of an
+    /// empty set needs no allocation.
+    pub fn get_mut(&mut self) -> Option<&mut Properties> {
+        self.0.as_deref_mut()
+    }
+
+    /// The properties, or `None` when none are set.
+    pub fn into_inner(self) -> Option<Box<Properties>> {
+        self.0.filter(|p| !p.is_empty())
+    }
+}
+
+impl From<Properties> for Props {
+    fn from(p: Properties) -> Props {
+        Props((!p.is_empty()).then(|| Box::new(p)))
+    }
+}
+
+impl From<Box<Properties>> for Props {
+    fn from(p: Box<Properties>) -> Props {
+        Props((!p.is_empty()).then_some(p))
+    }
+}
+
+impl From<Option<Box<Properties>>> for Props {
+    fn from(p: Option<Box<Properties>>) -> Props {
+        Props(p)
+    }
+}
+
+impl std::ops::Deref for Props {
+    type Target = Properties;
+    fn deref(&self) -> &Properties {
+        self.0.as_deref().unwrap_or(&EMPTY_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for Props {
+    fn deref_mut(&mut self) -> &mut Properties {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl fmt::Debug for Props {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
     }
 }
 
@@ -184,7 +284,7 @@ pub struct LastWill {
     pub qos: QoS,
     pub retain: bool,
     /// Will properties (v5 only).
-    pub properties: Box<Properties>,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +297,7 @@ pub struct Connect {
     pub will: Option<LastWill>,
     pub username: Option<Utf8>,
     pub password: Option<Bytes>,
-    pub properties: Box<Properties>,
+    pub properties: Props,
     /// The private "bridge" protocol levels 0x83 (3.1) and 0x84 (3.1.1) that Mosquitto bridges send by default
     /// (`try_private true`): the protocol level with bit 7 set. The broker then treats the client's
     /// subscriptions as no-local and retain-as-published, so bridge loops do not form.
@@ -209,7 +309,7 @@ pub struct ConnAck {
     pub session_present: bool,
     /// v5 reason code; for v3/v4 the return code (0..=5). The encoder writes the byte as given.
     pub reason_code: u8,
-    pub properties: Box<Properties>,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,7 +321,7 @@ pub struct Publish {
     pub topic: Utf8,
     /// Present only for QoS 1 and 2.
     pub packet_id: Option<u16>,
-    pub properties: Box<Properties>,
+    pub properties: Props,
     pub payload: Bytes,
 }
 
@@ -231,7 +331,7 @@ pub struct PubResp {
     pub packet_id: u16,
     /// 0x00 = success. For v3/v4 always 0 (not on the wire).
     pub reason_code: u8,
-    pub properties: Box<Properties>,
+    pub properties: Props,
 }
 
 impl PubResp {
@@ -253,7 +353,7 @@ pub struct SubscriptionOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub packet_id: u16,
-    pub properties: Box<Properties>,
+    pub properties: Props,
     /// At least one entry [MQTT-3.8.3-3].
     pub filters: Vec<(Utf8, SubscriptionOptions)>,
 }
@@ -261,7 +361,7 @@ pub struct Subscribe {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubAck {
     pub packet_id: u16,
-    pub properties: Box<Properties>,
+    pub properties: Props,
     /// One per filter: granted QoS (0..=2) or a failure code (0x80 for v3/v4; v5 reason codes).
     pub reason_codes: Vec<u8>,
 }
@@ -269,14 +369,14 @@ pub struct SubAck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsubscribe {
     pub packet_id: u16,
-    pub properties: Box<Properties>,
+    pub properties: Props,
     pub filters: Vec<Utf8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnsubAck {
     pub packet_id: u16,
-    pub properties: Box<Properties>,
+    pub properties: Props,
     /// v5 only (empty for v3/v4, which carry no payload).
     pub reason_codes: Vec<u8>,
 }
@@ -285,13 +385,13 @@ pub struct UnsubAck {
 pub struct Disconnect {
     /// v5 only; 0x00 normal disconnection.
     pub reason_code: u8,
-    pub properties: Box<Properties>,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Auth {
     pub reason_code: u8,
-    pub properties: Box<Properties>,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

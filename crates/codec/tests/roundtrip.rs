@@ -140,7 +140,7 @@ fn will(version: ProtocolVersion) -> impl Strategy<Value = LastWill> {
             payload,
             qos,
             retain,
-            properties: Box::new(properties),
+            properties: Box::new(properties).into(),
         },
     )
 }
@@ -159,7 +159,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 will,
                 username,
                 password,
-                properties: Box::new(properties),
+                properties: Box::new(properties).into(),
                 bridge: false,
             }))
         },
@@ -176,7 +176,7 @@ fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 retain,
                 topic,
                 packet_id: if qos0 { None } else { Some(id) },
-                properties: Box::new(properties),
+                properties: Box::new(properties).into(),
                 payload: Bytes::from(payload),
             })
         })
@@ -187,7 +187,7 @@ fn pub_resp(v: ProtocolVersion) -> impl Strategy<Value = PubResp> {
     (packet_id(), reason, props(Kind::Ack, v)).prop_map(|(packet_id, reason_code, properties)| PubResp {
         packet_id,
         reason_code,
-        properties: Box::new(properties),
+        properties: Box::new(properties).into(),
     })
 }
 
@@ -216,7 +216,7 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
         connect(v).boxed(),
         (any::<bool>(), any::<u8>(), props(Kind::ConnAck, v))
             .prop_map(|(session_present, reason_code, properties)| {
-                Packet::ConnAck(ConnAck { session_present, reason_code, properties: Box::new(properties) })
+                Packet::ConnAck(ConnAck { session_present, reason_code, properties: Box::new(properties).into() })
             })
             .boxed(),
         publish(v).boxed(),
@@ -226,22 +226,22 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
         pub_resp(v).prop_map(Packet::PubComp).boxed(),
         (packet_id(), props(Kind::Subscribe, v), vec((utf8(), options(v)), 1..5))
             .prop_map(|(packet_id, properties, filters)| {
-                Packet::Subscribe(Subscribe { packet_id, properties: Box::new(properties), filters })
+                Packet::Subscribe(Subscribe { packet_id, properties: Box::new(properties).into(), filters })
             })
             .boxed(),
         (packet_id(), props(Kind::Ack, v), reason_codes(v, false))
             .prop_map(|(packet_id, properties, reason_codes)| {
-                Packet::SubAck(SubAck { packet_id, properties: Box::new(properties), reason_codes })
+                Packet::SubAck(SubAck { packet_id, properties: Box::new(properties).into(), reason_codes })
             })
             .boxed(),
         (packet_id(), props(Kind::Unsubscribe, v), vec(utf8(), 1..5))
             .prop_map(|(packet_id, properties, filters)| {
-                Packet::Unsubscribe(Unsubscribe { packet_id, properties: Box::new(properties), filters })
+                Packet::Unsubscribe(Unsubscribe { packet_id, properties: Box::new(properties).into(), filters })
             })
             .boxed(),
         (packet_id(), props(Kind::Ack, v), reason_codes(v, true))
             .prop_map(|(packet_id, properties, reason_codes)| {
-                Packet::UnsubAck(UnsubAck { packet_id, properties: Box::new(properties), reason_codes })
+                Packet::UnsubAck(UnsubAck { packet_id, properties: Box::new(properties).into(), reason_codes })
             })
             .boxed(),
         Just(Packet::PingReq).boxed(),
@@ -251,14 +251,14 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
         all.push(
             (any::<u8>(), props(Kind::Disconnect, v))
                 .prop_map(|(reason_code, properties)| {
-                    Packet::Disconnect(Disconnect { reason_code, properties: Box::new(properties) })
+                    Packet::Disconnect(Disconnect { reason_code, properties: Box::new(properties).into() })
                 })
                 .boxed(),
         );
         all.push(
             (any::<u8>(), props(Kind::Auth, v))
                 .prop_map(|(reason_code, properties)| {
-                    Packet::Auth(Auth { reason_code, properties: Box::new(properties) })
+                    Packet::Auth(Auth { reason_code, properties: Box::new(properties).into() })
                 })
                 .boxed(),
         );
@@ -373,7 +373,8 @@ fn publish_payload_and_topic_are_slices_of_the_read_buffer() {
         properties: Box::new(Properties {
             correlation_data: Some(Bytes::from_static(b"corr")),
             ..Properties::default()
-        }),
+        })
+        .into(),
         payload: Bytes::from_static(b"hello, zero copy"),
     });
     let mut buf = encoded(&packet, V5);
@@ -383,7 +384,7 @@ fn publish_payload_and_topic_are_slices_of_the_read_buffer() {
     assert_eq!(&p.payload[..], b"hello, zero copy");
     assert!(range.contains(&(p.payload.as_ptr() as usize)), "payload was copied");
     assert!(range.contains(&(p.topic.as_bytes().as_ptr() as usize)), "topic was copied");
-    let corr = p.properties.correlation_data.expect("correlation data");
+    let corr = p.properties.correlation_data.clone().expect("correlation data");
     assert!(range.contains(&(corr.as_ptr() as usize)), "correlation data was copied");
 }
 

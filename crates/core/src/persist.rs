@@ -132,7 +132,7 @@ fn publish_bytes(topic: &Utf8, payload: &Bytes, qos: QoS, retain: bool, props: O
         retain,
         topic: topic.clone(),
         packet_id: (qos != QoS::AtMostOnce).then_some(1),
-        properties: Box::new(props.cloned().unwrap_or_default()),
+        properties: props.cloned().map(halyard_codec::Props::from).unwrap_or_default(),
         payload: payload.clone(),
     });
     let mut b = BytesMut::new();
@@ -169,7 +169,7 @@ pub fn decode_message(id: u64, b: Bytes) -> Result<Message, Corrupt> {
         payload: p.payload,
         qos: p.qos,
         retain: p.retain,
-        properties: (!p.properties.is_empty()).then_some(p.properties),
+        properties: p.properties.into_inner(),
         publisher: (!publisher.is_empty()).then(|| Arc::from(publisher.as_str())),
         expires_at: (expires != 0).then(|| unix_ms_to_instant(expires)),
     })
@@ -292,7 +292,7 @@ pub fn decode_session(b: Bytes) -> Result<SessionRecord, Corrupt> {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
-            properties: (!p.properties.is_empty()).then_some(*p.properties),
+            properties: p.properties.into_inner().map(|b| *b),
             message_expiry: has_expiry.then_some(expiry),
             delay,
         })

@@ -153,7 +153,8 @@ impl Client {
             session_expiry_interval: (version == ProtocolVersion::V5 && expiry > 0).then_some(expiry),
             ..Default::default()
         };
-        let connect = halyard_codec::Connect { properties: Box::new(properties), ..connect_packet(version, id, clean) };
+        let connect =
+            halyard_codec::Connect { properties: Box::new(properties).into(), ..connect_packet(version, id, clean) };
         match Client::open(port, connect, WAIT).expect("connect") {
             (c, Some(Packet::ConnAck(a))) if a.reason_code == 0 => (c, a.session_present),
             (_, other) => panic!("{id}: CONNACK expected, got {other:?}"),

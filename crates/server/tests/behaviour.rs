@@ -447,7 +447,7 @@ async fn assigned_client_identifier_for_empty_id() {
     let b = start(&[]).await;
     let (_c, ack) = Raw::connect(b.addr, V5, "", true).await;
     let Packet::ConnAck(ack) = ack else { unreachable!() };
-    assert!(ack.properties.assigned_client_identifier.is_some_and(|id| !id.is_empty()));
+    assert!(ack.properties.assigned_client_identifier.as_ref().is_some_and(|id| !id.is_empty()));
     // [MQTT-3.1.3-8] 3.1.1 with an empty id and clean session 0: CONNACK 0x02 and close.
     let mut r = Raw::open(b.addr, V4).await;
     r.send(&Packet::Connect(Box::new(connect_packet(V4, "", false)))).await;

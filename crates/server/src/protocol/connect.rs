@@ -109,14 +109,14 @@ impl Conn {
                 return self.refuse(rc::RETAIN_NOT_SUPPORTED, "will retain but retain is not available");
             }
             let mut props = w.properties.clone();
-            let delay = props.will_delay_interval.take().unwrap_or(0);
-            let message_expiry = props.message_expiry_interval.take();
+            let delay = props.get_mut().and_then(|p| p.will_delay_interval.take()).unwrap_or(0);
+            let message_expiry = props.get_mut().and_then(|p| p.message_expiry_interval.take());
             self.will = Some(Box::new(Will {
                 topic: w.topic.clone(),
                 payload: w.payload.clone(),
                 qos: w.qos,
                 retain: w.retain,
-                properties: (!props.is_empty()).then_some(props),
+                properties: props.into_inner(),
                 message_expiry,
                 delay,
             }));
@@ -181,7 +181,11 @@ impl Conn {
         if self.version.is_v5() {
             properties.reason_string = Some(Utf8::from_static(why));
         }
-        self.send_trimmed(Packet::ConnAck(ConnAck { session_present: false, reason_code: code, properties }));
+        self.send_trimmed(Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: code,
+            properties: properties.into(),
+        }));
         if let Some(info) = self.client.as_deref() {
             self.broker.hooks.client_connack.each(|f| f(info, code, false));
         }
@@ -231,7 +235,11 @@ impl Conn {
         // [MQTT-3.2.2-1..3] Session Present only when a session was resumed. MQTT 3.1 has no such flag: the first
         // byte of its CONNACK variable header is reserved, so it stays 0 for protocol level 3.
         let session_present = present && self.version != ProtocolVersion::V3;
-        self.send_trimmed(Packet::ConnAck(ConnAck { session_present, reason_code: rc::SUCCESS, properties: props }));
+        self.send_trimmed(Packet::ConnAck(ConnAck {
+            session_present,
+            reason_code: rc::SUCCESS,
+            properties: props.into(),
+        }));
         tracing::debug!(version = self.version as u8, present, keep_alive = self.keep_alive, "client connected");
         if let Some(info) = self.client.as_deref() {
             let hooks = &self.broker.hooks;

@@ -5,9 +5,7 @@
 use super::tests::{broker, connect, connected, drain};
 use super::*;
 use bytes::Bytes;
-use halyard_codec::{
-    Connect, LastWill, Packet, Properties, PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Unsubscribe,
-};
+use halyard_codec::{Connect, LastWill, Packet, PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Unsubscribe};
 use halyard_core::hooks::{AuthResult, AuthzResult, DropReason, Fold};
 use halyard_core::metrics::Metrics;
 use halyard_core::session::Control;
@@ -263,7 +261,7 @@ async fn a_will_goes_through_message_publish_once() {
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtMostOnce,
         retain: false,
-        properties: Box::<Properties>::default(),
+        properties: Default::default(),
     });
     let (mut conn, _ctl) = attach(&b, c, t0).await;
     conn.close(&Close::lost("network gone"), t0);

@@ -183,15 +183,19 @@ impl Conn {
     /// the expiry made an instant).
     fn message(&self, p: Publish, now: Instant, id: u64) -> Message {
         let mut props = p.properties;
-        let expires_at = props.message_expiry_interval.take().map(|s| now + Duration::from_secs(u64::from(s)));
-        props.subscription_identifiers.clear();
+        // Through `get_mut`: taking from properties a PUBLISH does not have must not allocate them.
+        let expiry = props.get_mut().and_then(|p| p.message_expiry_interval.take());
+        let expires_at = expiry.map(|s| now + Duration::from_secs(u64::from(s)));
+        if let Some(p) = props.get_mut() {
+            p.subscription_identifiers.clear();
+        }
         Message {
             id,
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
-            properties: (!props.is_empty()).then_some(props),
+            properties: props.into_inner(),
             publisher: self.client.as_deref().map(|c| c.client_id.clone()),
             expires_at,
         }

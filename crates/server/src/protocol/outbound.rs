@@ -217,11 +217,17 @@ impl Conn {
         };
         if self.version.is_v5() {
             if let Some(props) = &d.msg.properties {
-                p.properties = props.clone();
+                p.properties = props.clone().into();
             }
-            // [MQTT-3.3.2-6] the expiry sent is what is left of it.
-            p.properties.message_expiry_interval = d.msg.remaining_expiry(now);
-            p.properties.subscription_identifiers.clone_from(&d.sub_ids);
+            // [MQTT-3.3.2-6] the expiry sent is what is left of it. Set only when there is something to set:
+            // writing to empty properties allocates them.
+            let expiry = d.msg.remaining_expiry(now);
+            if expiry.is_some() || p.properties.message_expiry_interval.is_some() {
+                p.properties.message_expiry_interval = expiry;
+            }
+            if !d.sub_ids.is_empty() || !p.properties.subscription_identifiers.is_empty() {
+                p.properties.subscription_identifiers.clone_from(&d.sub_ids);
+            }
         }
         let packet = Packet::Publish(p);
         if halyard_codec::encoded_len(&packet, self.version) > self.limits.max_packet() {

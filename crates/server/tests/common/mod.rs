@@ -116,7 +116,11 @@ impl Raw {
     }
 
     pub async fn subscribe_opts(&mut self, filter: &str, opts: SubscriptionOptions, properties: Properties) -> Packet {
-        let s = Subscribe { packet_id: 1, properties: Box::new(properties), filters: vec![(Utf8::from(filter), opts)] };
+        let s = Subscribe {
+            packet_id: 1,
+            properties: Box::new(properties).into(),
+            filters: vec![(Utf8::from(filter), opts)],
+        };
         self.send(&Packet::Subscribe(s)).await;
         let ack = self.recv().await.expect("SUBACK");
         assert!(matches!(ack, Packet::SubAck(_)), "expected SUBACK, got {ack:?}");
