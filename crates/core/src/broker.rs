@@ -541,6 +541,10 @@ impl Broker {
         let (moving, staying): (Vec<_>, Vec<_>) =
             state.inflight.drain(..).partition(|e| e.delivery.shared.is_some() && e.stage == Stage::AwaitPubAck);
         state.inflight = staying.into();
+        if !moving.is_empty() {
+            // What no other member takes goes back at the end, out of packet-id order.
+            state.ids_in_order = false;
+        }
         // One at a time (a rare path): what no other member takes stays in flight with this session.
         for e in moving {
             if !self.redispatch_all(handle, vec![e.delivery.clone()]).is_empty() {

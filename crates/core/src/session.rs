@@ -591,6 +591,11 @@ pub struct SessionState {
     /// Inbound QoS 2 packet ids whose PUBREL has not arrived, with when they arrived.
     pub awaiting_rel: BTreeMap<u16, Instant>,
     pub last_packet_id: u16,
+    /// `inflight` holds packet ids in the order `next_packet_id` gave them out (a first send pushes at the back,
+    /// acknowledgements remove from anywhere): then a new id can only collide with the oldest entry. Cleared by
+    /// whatever puts entries in another order (a restore, a shared redispatch); set again when `inflight`
+    /// empties. `false` only costs a scan.
+    pub ids_in_order: bool,
 }
 
 impl SessionState {
@@ -602,7 +607,24 @@ impl SessionState {
     }
 
     /// The next free packet id, or `None` when all 65535 are in flight.
+    /// A packet id no in-flight delivery uses, the one after the last given out if it is free. O(1) while
+    /// `ids_in_order` holds (a scan of a 1,000-message window per delivery was a fifth of fan-in's CPU).
     pub fn next_packet_id(&mut self) -> Option<u16> {
+        if self.inflight.is_empty() {
+            self.ids_in_order = true;
+        }
+        let in_order = self.ids_in_order && self.inflight.back().is_none_or(|e| e.packet_id == self.last_packet_id);
+        if in_order {
+            let next = self.last_packet_id.checked_add(1).unwrap_or(1);
+            // The ids in flight lie between the oldest entry's and the last one given out (cyclically), so the
+            // next one is taken only if the window already spans every id.
+            if self.inflight.front().is_none_or(|e| e.packet_id != next) {
+                self.last_packet_id = next;
+                return Some(next);
+            }
+        }
+        // Ids given out by the scan may skip some in flight, and the order above no longer says where they are.
+        self.ids_in_order = false;
         for _ in 0..u16::MAX {
             self.last_packet_id = self.last_packet_id.checked_add(1).unwrap_or(1);
             let id = self.last_packet_id;
@@ -621,6 +643,68 @@ impl SessionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(packet_id: u16) -> InflightEntry {
+        let msg = std::sync::Arc::new(crate::message::Message {
+            id: 0,
+            topic: halyard_codec::Utf8::from("t"),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            publisher: None,
+            expires_at: None,
+        });
+        let delivery = Delivery {
+            msg,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: Vec::new(),
+            shared: None,
+            seq: 0,
+            commit: 0,
+        };
+        InflightEntry { packet_id, delivery, stage: Stage::AwaitPubAck, sent_at: Instant::now() }
+    }
+
+    #[test]
+    fn packet_ids_are_never_given_twice_while_in_flight() {
+        // [MQTT-2.2.1-3] a new PUBLISH must use an id not currently in use, across the wrap at 65535, with
+        // acknowledgements out of order, and after entries were put back out of order (a restore).
+        let mut s = SessionState::default();
+        let next_expected_free = |s: &SessionState, id: u16| !s.inflight.iter().any(|e| e.packet_id == id);
+        s.last_packet_id = 65_530;
+        for round in 0..3_000u32 {
+            let id = s.next_packet_id().expect("an id");
+            assert!(next_expected_free(&s, id), "id {id} given twice (round {round})");
+            assert_ne!(id, 0);
+            s.inflight.push_back(entry(id));
+            // Acknowledge out of order: keep a long-lived oldest entry and drop from the middle.
+            if s.inflight.len() > 50 {
+                s.inflight.remove(1 + (round as usize % 40));
+            }
+        }
+        // Out of order, as a restore may leave them: the scan must be used.
+        let mut s = SessionState { last_packet_id: 10, ..Default::default() };
+        for id in [12u16, 11, 14] {
+            s.inflight.push_back(entry(id));
+        }
+        let given: Vec<u16> = (0..3).map(|_| s.next_packet_id().expect("an id")).collect();
+        assert_eq!(given, vec![13, 15, 16]);
+        // The oldest entries outlived a whole cycle of ids (5, 6 and 8 are still in flight after 65,535 more
+        // were given out): the id after the last collides with the oldest, the scan skips 5 and 6, and what
+        // follows is scanned too, since the order no longer tells where old ids are (8 is skipped as well).
+        let mut s = SessionState { last_packet_id: 4, ids_in_order: true, ..Default::default() };
+        for id in [5u16, 6, 8, 3, 4] {
+            s.inflight.push_back(entry(id));
+        }
+        let id = s.next_packet_id().expect("an id");
+        assert_eq!(id, 7);
+        s.inflight.push_back(entry(id));
+        s.inflight.remove(3);
+        assert_eq!(s.next_packet_id(), Some(9));
+        assert!(!s.ids_in_order);
+    }
 
     #[test]
     fn consecutive_stored_positions_share_one_slot_and_pop_in_order() {

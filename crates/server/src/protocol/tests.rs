@@ -486,3 +486,27 @@ async fn routed_counts_one_per_publish_plus_one_per_matching_subscriber() {
     p.reset_routed();
     assert_eq!(p.routed(), 0);
 }
+
+#[tokio::test]
+async fn v3_resend_deadline_follows_the_oldest_send_after_a_resend() {
+    // MQTT 3.1.1 §4.4: an unacknowledged PUBLISH is resent after retry_interval. After the first of two deliveries
+    // was resent (its send time moved to the end), the next deadline is the second one's, not the first's again.
+    let b = broker(&[("HALYARD_MQTT__RETRY_INTERVAL", "30s")]);
+    let t0 = Instant::now();
+    let v = ProtocolVersion::V4;
+    let mut c = connected(&b, v, "rd", 0, t0).await;
+    assert!(matches!(c.handle(subscribe("rd/#", QoS::AtLeastOnce), t0), Step::Continue));
+    drain(&mut c, v);
+    let t10 = t0 + Duration::from_secs(10);
+    assert!(matches!(c.handle(publish("rd/1", QoS::AtLeastOnce, Some(1), false), t0), Step::Continue));
+    c.fill(t0);
+    assert!(matches!(c.handle(publish("rd/2", QoS::AtLeastOnce, Some(2), false), t10), Step::Continue));
+    c.fill(t10);
+    drain(&mut c, v);
+    assert_eq!(c.next_deadline(t10), t0 + Duration::from_secs(30), "the first delivery's resend");
+    let t30 = t0 + Duration::from_secs(30);
+    c.on_tick(t30).expect("alive");
+    let resent = drain(&mut c, v);
+    assert!(matches!(resent.as_slice(), [Packet::Publish(p)] if p.dup && &*p.topic == "rd/1"), "{resent:?}");
+    assert_eq!(c.next_deadline(t30), t10 + Duration::from_secs(30), "the second delivery's resend comes next");
+}
