@@ -39,12 +39,13 @@ const PREFIX: &str = "HALYARD_";
 
 /// Loads and checks the configuration.
 pub fn load(src: &Source) -> Result<Config, ConfigError> {
-    // The default listener exists unless a user disables it (`listeners.tcp.default.enable = false`), also when
-    // the file adds listeners of its own.
-    let mut root: Value = "[listeners.tcp.default]"
-        .parse::<toml::Table>()
-        .map(Value::Table)
-        .unwrap_or_else(|_| Value::Table(Default::default()));
+    // The default listener of each type exists unless a user disables it (`listeners.tcp.default.enable =
+    // false`), also when the file adds listeners of its own.
+    let mut root: Value =
+        "[listeners.tcp.default]\n[listeners.ssl.default]\n[listeners.ws.default]\n[listeners.wss.default]"
+            .parse::<toml::Table>()
+            .map(Value::Table)
+            .unwrap_or_else(|_| Value::Table(Default::default()));
     if let Some(path) = &src.file {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.clone(), source: e })?;
         let file = text
@@ -72,7 +73,7 @@ pub fn load(src: &Source) -> Result<Config, ConfigError> {
     let origin = |key: &str| -> String {
         from_env
             .iter()
-            .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")))
+            .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")) || key.starts_with(&format!("{k}[")))
             .map(|(_, v)| format!(" (from {v})"))
             .unwrap_or_default()
     };
@@ -115,17 +116,21 @@ pub fn load(src: &Source) -> Result<Config, ConfigError> {
         }
     }
     check_mqtt(&config.mqtt, "mqtt", &origin)?;
-    for (name, l) in &config.listeners.tcp {
-        if !config.zones.contains_key(&l.zone) {
+    for (kind, name, l) in config.listeners.all() {
+        if !config.zones.contains_key(l.zone()) {
             let zones: Vec<&str> = config.zones.keys().map(String::as_str).collect();
             return Err(ConfigError::Invalid {
-                key: format!("listeners.tcp.{name}.zone"),
-                value: format!("\"{}\"", l.zone),
+                key: format!("listeners.{kind}.{name}.zone"),
+                value: format!("\"{}\"", l.zone()),
                 allowed: format!("a defined zone: {}", zones.join(", ")),
-                origin: origin(&format!("listeners.tcp.{name}.zone")),
+                origin: origin(&format!("listeners.{kind}.{name}.zone")),
             });
         }
     }
+    super::listeners::check(&config.listeners).map_err(|(k, value, allowed)| {
+        let key = format!("listeners.{k}");
+        ConfigError::Invalid { origin: origin(&key), key, value, allowed: format!("allowed: {allowed}") }
+    })?;
     Ok(config)
 }
 
@@ -161,7 +166,12 @@ fn invalid(key: &str, v: &Value, allowed: &str, origin: &dyn Fn(&str) -> String)
 fn lookup<'a>(root: &'a Value, dotted: &str) -> Option<&'a Value> {
     let mut cur = root;
     for seg in dotted.split('.').filter(|s| !s.is_empty()) {
-        cur = cur.as_table()?.get(seg)?;
+        // `versions[0]`: an element of an array.
+        let mut parts = seg.split('[');
+        cur = cur.as_table()?.get(parts.next()?)?;
+        for idx in parts {
+            cur = cur.as_array()?.get(idx.trim_end_matches(']').parse::<usize>().ok()?)?;
+        }
     }
     Some(cur)
 }
@@ -293,5 +303,151 @@ mod tests {
         assert_eq!(c.listeners.tcp.len(), 2, "default listener kept beside the new one");
         let e = load(&env(&[("HALYARD_LISTENERS__TCP__DEFAULT__ZONE", "nowhere")])).unwrap_err().to_string();
         assert!(e.contains("listeners.tcp.default.zone") && e.contains("nowhere"), "{e}");
+    }
+
+    #[test]
+    fn ssl_ws_wss_defaults_follow_emqx() {
+        use crate::config::{ConnRateLimit, FrameSizeLimit, Piggyback, TlsVersion, VerifyMode};
+        let c = load(&Source::default()).unwrap();
+        let ssl = &c.listeners.ssl["default"];
+        assert!(ssl.enable);
+        assert_eq!(ssl.bind.to_string(), "0.0.0.0:8883");
+        assert_eq!(ssl.ssl_options.verify, VerifyMode::VerifyNone);
+        assert!(!ssl.ssl_options.fail_if_no_peer_cert);
+        assert_eq!(ssl.ssl_options.versions, [TlsVersion::Tlsv13, TlsVersion::Tlsv12]);
+        assert!(ssl.ssl_options.ciphers.is_empty());
+        assert_eq!(ssl.ssl_options.handshake_timeout.as_secs(), 15);
+        assert!(ssl.ssl_options.certfile.is_none(), "the generated certificate by default");
+        let ws = &c.listeners.ws["default"];
+        assert_eq!(ws.bind.to_string(), "0.0.0.0:8083");
+        assert_eq!(ws.websocket.mqtt_path, "/mqtt");
+        assert_eq!(ws.websocket.mqtt_piggyback, Piggyback::Multiple);
+        assert!(ws.websocket.fail_if_no_subprotocol);
+        assert_eq!(ws.websocket.supported_subprotocols.0, ["mqtt", "mqtt-v3", "mqtt-v3.1.1", "mqtt-v5"]);
+        assert!(!ws.websocket.check_origin_enable);
+        assert_eq!(ws.websocket.check_origins.0, ["http://localhost:18083", "http://127.0.0.1:18083"]);
+        assert_eq!(ws.websocket.max_frame_size, FrameSizeLimit::Infinity);
+        assert_eq!(ws.websocket.proxy_address_header, "x-forwarded-for");
+        assert_eq!(ws.websocket.proxy_port_header, "x-forwarded-port");
+        assert_eq!(c.listeners.wss["default"].bind.to_string(), "0.0.0.0:8084");
+        for (_, _, l) in c.listeners.all() {
+            assert_eq!(l.max_conn_rate(), ConnRateLimit::Unlimited);
+            assert_eq!(l.access_rules(), ["allow all"]);
+            assert_eq!(l.mountpoint(), "");
+            assert!(!l.proxy_protocol());
+            assert_eq!(l.proxy_protocol_timeout().as_secs(), 3);
+            assert!(l.enable_authn());
+        }
+        assert_eq!(c.listeners.all().count(), 4);
+        assert_eq!(c.mqtt.peer_cert_as_username, crate::config::PeerCertAs::Disabled);
+    }
+
+    #[test]
+    fn listener_keys_from_file_and_env() {
+        use crate::config::{ConnRateLimit, FrameSizeLimit, PeerCertAs, TlsVersion, VerifyMode};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.toml");
+        std::fs::write(
+            &path,
+            "[mqtt]\npeer_cert_as_username = \"cn\"\n\
+             [listeners.ssl.mtls]\nbind = \"127.0.0.1:18883\"\nmax_conn_rate = \"100/10s\"\n\
+             access_rules = [\"allow 10.0.0.0/8\", \"deny all\"]\nmountpoint = \"${clientid}/\"\n\
+             [listeners.ssl.mtls.ssl_options]\ncertfile = \"/c.pem\"\nkeyfile = \"/k.pem\"\nverify = \"verify_peer\"\n\
+             fail_if_no_peer_cert = true\nversions = [\"tlsv1.3\"]\nciphers = \"TLS_AES_128_GCM_SHA256\"\n\
+             [listeners.ws.default.websocket]\nmax_frame_size = \"64KB\"\nmqtt_piggyback = \"single\"\n",
+        )
+        .unwrap();
+        let src = Source {
+            file: Some(path),
+            env: vec![
+                ("HALYARD_LISTENERS__WSS__DEFAULT__ENABLE".into(), "false".into()),
+                ("HALYARD_LISTENERS__TCP__DEFAULT__PROXY_PROTOCOL".into(), "true".into()),
+                ("HALYARD_LISTENERS__TCP__DEFAULT__MAX_CONN_RATE".into(), "50".into()),
+            ],
+        };
+        let c = load(&src).unwrap();
+        let m = &c.listeners.ssl["mtls"];
+        assert_eq!(m.max_conn_rate, ConnRateLimit::Limited { count: 100, per: std::time::Duration::from_secs(10) });
+        assert_eq!(m.access_rules, ["allow 10.0.0.0/8", "deny all"]);
+        assert_eq!(m.ssl_options.verify, VerifyMode::VerifyPeer);
+        assert_eq!(m.ssl_options.versions, [TlsVersion::Tlsv13]);
+        assert_eq!(m.ssl_options.ciphers.0, ["TLS_AES_128_GCM_SHA256"]);
+        assert!(c.listeners.ssl.contains_key("default"), "default kept beside the new one");
+        assert_eq!(c.listeners.ws["default"].websocket.max_frame_size, FrameSizeLimit::Bytes(64 << 10));
+        assert!(!c.listeners.wss["default"].enable);
+        assert!(c.listeners.tcp["default"].proxy_protocol);
+        assert_eq!(
+            c.listeners.tcp["default"].max_conn_rate,
+            ConnRateLimit::Limited { count: 50, per: std::time::Duration::from_secs(1) }
+        );
+        assert_eq!(c.zone("default").unwrap().peer_cert_as_username, PeerCertAs::Cn);
+    }
+
+    #[test]
+    fn bad_listener_values_name_their_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "HALYARD_LISTENERS__SSL__DEFAULT__SSL_OPTIONS__FAIL_IF_NO_PEER_CERT",
+                "true",
+                "listeners.ssl.default.ssl_options.fail_if_no_peer_cert",
+            ),
+            (
+                "HALYARD_LISTENERS__SSL__DEFAULT__SSL_OPTIONS__VERSIONS",
+                "[\"tlsv1.1\"]",
+                "listeners.ssl.default.ssl_options.versions",
+            ),
+            (
+                "HALYARD_LISTENERS__WSS__DEFAULT__SSL_OPTIONS__VERIFY",
+                "verify_maybe",
+                "listeners.wss.default.ssl_options.verify",
+            ),
+            (
+                "HALYARD_LISTENERS__SSL__DEFAULT__SSL_OPTIONS__CERTFILE",
+                "/x.pem",
+                "listeners.ssl.default.ssl_options.certfile",
+            ),
+            (
+                "HALYARD_LISTENERS__TCP__DEFAULT__ACCESS_RULES",
+                "[\"allow 10.0.0.0/40\"]",
+                "listeners.tcp.default.access_rules",
+            ),
+            ("HALYARD_LISTENERS__TCP__DEFAULT__MAX_CONN_RATE", "lots", "listeners.tcp.default.max_conn_rate"),
+            (
+                "HALYARD_LISTENERS__WS__DEFAULT__WEBSOCKET__MQTT_PATH",
+                "mqtt",
+                "listeners.ws.default.websocket.mqtt_path",
+            ),
+            (
+                "HALYARD_LISTENERS__WS__DEFAULT__WEBSOCKET__MAX_FRAME_SIZE",
+                "0",
+                "listeners.ws.default.websocket.max_frame_size",
+            ),
+            (
+                "HALYARD_LISTENERS__WS__DEFAULT__WEBSOCKET__MQTT_PIGGYBACK",
+                "some",
+                "listeners.ws.default.websocket.mqtt_piggyback",
+            ),
+            ("HALYARD_LISTENERS__WS__DEFAULT__ZONE", "nowhere", "listeners.ws.default.zone"),
+            (
+                "HALYARD_LISTENERS__TCP__DEFAULT__PROXY_PROTOCOL_TIMEOUT",
+                "0",
+                "listeners.tcp.default.proxy_protocol_timeout",
+            ),
+            ("HALYARD_MQTT__PEER_CERT_AS_USERNAME", "sha1", "mqtt.peer_cert_as_username"),
+        ];
+        for (var, value, key) in cases {
+            let e = load(&env(&[(var, value)])).unwrap_err().to_string();
+            assert!(e.contains(key), "{var}={value}: {e}");
+            assert!(e.contains(var), "{var}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn repository_halyard_toml_documents_the_listener_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../halyard.toml");
+        let from_file = load(&Source { file: Some(path), env: vec![] }).unwrap();
+        let embedded = load(&Source::default()).unwrap();
+        assert_eq!(format!("{:?}", from_file.listeners), format!("{:?}", embedded.listeners));
+        assert_eq!(format!("{:?}", from_file.mqtt), format!("{:?}", embedded.mqtt));
     }
 }

@@ -4,15 +4,20 @@
 //! Names follow EMQX's where a user would look for them: `mqtt.max_packet_size`, `listeners.tcp.default.bind`,
 //! `zones.<name>.mqtt.*` overriding `mqtt.*` for the listeners that name that zone.
 
+mod listeners;
 mod load;
 mod units;
 
+pub use listeners::{
+    parse_access_rules, AccessRule, CommaList, ConnRateLimit, FrameSizeLimit, ListenerCommon, ListenersConfig,
+    PeerCertAs, Piggyback, SslListenerConfig, SslOptions, TcpListenerConfig, TlsVersion, VerifyMode, WebsocketOptions,
+    WsListenerConfig, WssListenerConfig,
+};
 pub use load::{load, ConfigError, Source};
 pub use units::{ByteSize, ConfDuration};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -159,6 +164,10 @@ pub struct MqttConfig {
     pub max_subscriptions_bytes: ByteSize,
     /// A connection that sends no CONNECT in this time is closed.
     pub idle_timeout: ConfDuration,
+    /// What of a TLS client's certificate replaces its username (EMQX 5 keeps this in the zone, not the listener).
+    pub peer_cert_as_username: PeerCertAs,
+    /// What of a TLS client's certificate replaces its client id.
+    pub peer_cert_as_clientid: PeerCertAs,
 }
 
 impl Default for MqttConfig {
@@ -186,6 +195,8 @@ impl Default for MqttConfig {
             max_subscriptions: 10_000,
             max_subscriptions_bytes: ByteSize(4 << 20),
             idle_timeout: ConfDuration::secs(15),
+            peer_cert_as_username: PeerCertAs::Disabled,
+            peer_cert_as_clientid: PeerCertAs::Disabled,
         }
     }
 }
@@ -229,41 +240,5 @@ impl MqttConfig {
             return Err(("retry_interval", "0".into(), "a positive duration such as \"30s\""));
         }
         Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ListenersConfig {
-    /// `listeners.tcp.<name>`.
-    pub tcp: BTreeMap<String, TcpListenerConfig>,
-}
-
-impl Default for ListenersConfig {
-    fn default() -> Self {
-        let mut tcp = BTreeMap::new();
-        tcp.insert("default".to_string(), TcpListenerConfig::default());
-        ListenersConfig { tcp }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TcpListenerConfig {
-    pub enable: bool,
-    pub bind: SocketAddr,
-    /// The zone whose `mqtt.*` settings this listener's connections use.
-    pub zone: String,
-    pub max_connections: usize,
-}
-
-impl Default for TcpListenerConfig {
-    fn default() -> Self {
-        TcpListenerConfig {
-            enable: true,
-            bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
-            zone: "default".into(),
-            max_connections: 1_024_000,
-        }
     }
 }
