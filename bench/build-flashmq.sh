@@ -5,8 +5,9 @@
 #   bench/build-flashmq.sh [--force] [GIT_DIR]
 #
 # GIT_DIR: a (bare) git repository of FlashMQ to take the source from, e.g. a local mirror; default
-# $FLASHMQ_GIT_DIR, else /work/.mirror/halfgaar+FlashMQ/repo when that exists. Without one, the tag is cloned
-# from $FLASHMQ_GIT_URL (default https://github.com/halfgaar/FlashMQ.git) when a network is there.
+# $FLASHMQ_GIT_DIR, else /work/.mirror/halfgaar+FlashMQ/repo when that exists. Without one (or with GIT_DIR
+# "none"), the tag is cloned from $FLASHMQ_GIT_URL (default https://github.com/halfgaar/FlashMQ.git) when a
+# network is there.
 #
 # Environment:
 #   FLASHMQ_HOME=~/.cache/flashmq   src/ (the extracted tag), src/FlashMQBuildRelease/ (cmake), bin/flashmq
@@ -37,6 +38,7 @@ done
 if [ -z "$GIT_DIR" ] && [ -d /work/.mirror/halfgaar+FlashMQ/repo ]; then
     GIT_DIR=/work/.mirror/halfgaar+FlashMQ/repo
 fi
+[ "$GIT_DIR" = none ] && GIT_DIR=
 
 HOME_DIR=${FLASHMQ_HOME:-$HOME/.cache/flashmq}
 TAG=${FLASHMQ_TAG:-v1.26.2}
