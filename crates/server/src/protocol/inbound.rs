@@ -160,7 +160,9 @@ impl Conn {
         let mut congested = Vec::new();
         let published = self.broker.publish_into(Arc::new(msg), with, &mut congested);
         let work = u32::try_from(published.matched).unwrap_or(u32::MAX).saturating_add(1);
-        self.routed = self.routed.saturating_add(work);
+        // A subscriber that is behind should run before this publisher reads more: saturating the count makes
+        // the driver yield after this packet.
+        self.routed = if published.behind { u32::MAX } else { self.routed.saturating_add(work) };
         if !congested.is_empty() {
             self.congested.get_or_insert_with(Default::default).append(&mut congested);
         }

@@ -510,3 +510,26 @@ async fn v3_resend_deadline_follows_the_oldest_send_after_a_resend() {
     assert!(matches!(resent.as_slice(), [Packet::Publish(p)] if p.dup && &*p.topic == "rd/1"), "{resent:?}");
     assert_eq!(c.next_deadline(t30), t10 + Duration::from_secs(30), "the second delivery's resend comes next");
 }
+
+#[tokio::test]
+async fn a_subscriber_behind_makes_a_qos0_publisher_yield_at_once() {
+    // Nothing holds a QoS 0 publisher back, but once a subscriber's queue passes its high-water mark (100 with the
+    // default max_mqueue_len) the publisher's routed count saturates, so the driver lets the subscriber run before
+    // reading more (instead of filling the queue past its limit and dropping).
+    let b = broker(&[]);
+    let t0 = Instant::now();
+    let mut s = connected(&b, ProtocolVersion::V4, "behind-s", 0, t0).await;
+    assert!(matches!(s.handle(subscribe("bh/#", QoS::AtMostOnce), t0), Step::Continue));
+    let mut p = connected(&b, ProtocolVersion::V4, "behind-p", 0, t0).await;
+    for i in 0..99 {
+        assert!(matches!(p.handle(publish("bh/1", QoS::AtMostOnce, None, false), t0), Step::Continue));
+        assert_eq!(p.routed(), 2 * (i + 1), "not behind yet after {} messages", i + 1);
+    }
+    assert!(matches!(p.handle(publish("bh/1", QoS::AtMostOnce, None, false), t0), Step::Continue));
+    assert_eq!(p.routed(), u32::MAX, "the subscriber's queue reached its high-water mark");
+    // The subscriber drains: the next publish counts normally again.
+    s.fill(t0);
+    p.reset_routed();
+    assert!(matches!(p.handle(publish("bh/1", QoS::AtMostOnce, None, false), t0), Step::Continue));
+    assert_eq!(p.routed(), 2);
+}
