@@ -336,7 +336,7 @@ async fn inbound_topic_aliases_are_held_to_a_byte_budget() {
     let topic = |i: u16| format!("{i}/{}", "t".repeat(60 * 1024));
     let with_alias = |topic: &str, alias: u16| {
         let Packet::Publish(mut p) = publish(topic, QoS::AtMostOnce, None, false) else { unreachable!() };
-        p.properties.topic_alias = Some(alias);
+        p.properties.make_mut().topic_alias = Some(alias);
         Packet::Publish(p)
     };
     for i in 1..=4 {
@@ -383,7 +383,7 @@ async fn subscriptions_are_held_to_max_subscriptions_and_a_byte_budget() {
 
 /// A v5 CONNECT with a session that outlives the connection.
 fn persistent_connect(id: &str) -> Packet {
-    connect_with(ProtocolVersion::V5, id, false, |c| c.properties.session_expiry_interval = Some(600))
+    connect_with(ProtocolVersion::V5, id, false, |c| c.properties.make_mut().session_expiry_interval = Some(600))
 }
 
 fn publish_ids(out: &[Packet]) -> Vec<Vec<u8>> {
