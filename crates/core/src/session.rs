@@ -142,8 +142,8 @@ impl MQueue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
-    /// The session's queue is past its high-water mark; nothing holds the publisher (QoS 0, or the session
-    /// stalled), but it should let the subscriber run before reading more.
+    /// The session's queue is past its high-water mark and nothing holds the publisher (QoS 0), but it should
+    /// let the subscriber run before reading more.
     Behind,
     /// Online, QoS 1/2, past the high-water mark: the publisher holds back until the queue drains.
     HoldBack,
@@ -262,9 +262,10 @@ impl SessionHandle {
             } else {
                 q.push_ready(d);
             }
-            if !online || q.len() < high_water(max) {
+            if !online || q.len() < high_water(max) || self.stalled.load(Ordering::Relaxed) {
+                // A stalled subscriber is stuck, not slow: nobody waits or yields for it (drop-oldest applies).
                 Pushed::Queued
-            } else if holds_back && !self.stalled.load(Ordering::Relaxed) {
+            } else if holds_back {
                 Pushed::HoldBack
             } else {
                 Pushed::Behind
