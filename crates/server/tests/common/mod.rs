@@ -1,6 +1,8 @@
 //! Test harness: a broker on an ephemeral loopback port, and a raw MQTT client on our codec for byte-level tests.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use bytes::BytesMut;
 use halyard_codec::{
     Connect, LastWill, Packet, Properties, ProtocolVersion, PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Utf8,
