@@ -217,20 +217,27 @@ async fn random_bytes_before_a_client_hello_are_closed_and_a_bystander_is_served
     let dir = tempfile::tempdir().expect("tempdir");
     let b = broker_with(dir.path(), TLS_WS_WSS).await;
     let ca = default_ca(dir.path());
-    let addr = listener(&b, "ssl.t");
-    let mut bystander = Mqtt::connect(pki::tls_connect(addr, &ca, None).await.expect("TLS"), V5, "bystander").await;
-    for garbage in
-        [&b"\x00\xff\x13garbage, not a ClientHello\r\n"[..], b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01a"]
-    {
-        let mut raw = TcpStream::connect(addr).await.expect("tcp");
-        raw.write_all(garbage).await.expect("write");
-        let answer = closed_by_broker(&mut raw).await;
-        // rustls answers some garbage with a TLS alert record (type 0x15), never with MQTT.
-        assert!(answer.is_empty() || answer[0] == 0x15, "{answer:?}");
-        bystander.ping().await;
+    for key in ["ssl.t", "wss.s"] {
+        let addr = listener(&b, key);
+        let tls = pki::tls_connect(addr, &ca, None).await.expect("TLS");
+        let mut bystander: Box<dyn Pinger> = if key == "wss.s" {
+            Box::new(Mqtt::connect(ws_client(tls, addr).await, V5, "bystander-wss").await)
+        } else {
+            Box::new(Mqtt::connect(tls, V5, "bystander-ssl").await)
+        };
+        // Garbage, and a plain MQTT CONNECT on a TLS port.
+        for garbage in
+            [&b"\x00\xff\x13garbage, not a ClientHello\r\n"[..], b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01a"]
+        {
+            let mut raw = TcpStream::connect(addr).await.expect("tcp");
+            raw.write_all(garbage).await.expect("write");
+            let answer = closed_by_broker(&mut raw).await;
+            // rustls answers some garbage with a TLS alert record (type 0x15), never with MQTT or HTTP.
+            assert!(answer.is_empty() || answer[0] == 0x15, "{key}: {answer:?}");
+            bystander.ping_boxed().await;
+        }
     }
-    // The second was a plain MQTT CONNECT on the TLS port: closed too, no CONNACK.
-    assert_eq!(metric(&b, |m| &m.tls_handshake_failures), 2);
+    assert_eq!(metric(&b, |m| &m.tls_handshake_failures), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,23 +339,38 @@ async fn a_text_frame_is_closed_with_1003_and_an_oversize_frame_with_1009() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = broker_with(
         dir.path(),
-        "[listeners.ws.w]\nbind = \"127.0.0.1:0\"\n[listeners.ws.w.websocket]\nmax_frame_size = 1024\n",
+        "[listeners.ws.w]\nbind = \"127.0.0.1:0\"\n[listeners.ws.w.websocket]\nmax_frame_size = 1024\n\
+         [listeners.wss.s]\nbind = \"127.0.0.1:0\"\n[listeners.wss.s.websocket]\nmax_frame_size = 1024\n",
     )
     .await;
+    let ca = default_ca(dir.path());
     let addr = listener(&b, "ws.w");
-    let url = format!("ws://{addr}/mqtt");
-    let mut bystander =
-        Mqtt::connect(ws_client(TcpStream::connect(addr).await.expect("tcp"), addr).await, V4, "bystander").await;
+    let tcp = || async move { TcpStream::connect(addr).await.expect("tcp") };
+    let mut bystander = Mqtt::connect(ws_client(tcp().await, addr).await, V4, "bystander").await;
+    bad_frames(tcp().await, tcp().await, addr, &mut bystander).await;
+    let addr = listener(&b, "wss.s");
+    let tls = || async { pki::tls_connect(addr, &ca, None).await.expect("TLS") };
+    let mut bystander = Mqtt::connect(ws_client(tls().await, addr).await, V4, "bystander-wss").await;
+    bad_frames(tls().await, tls().await, addr, &mut bystander).await;
+    assert_eq!(metric(&b, |m| &m.ws_upgrade_failures), 0, "the upgrades were fine; the frames were not");
+}
 
-    let mut texter =
-        pki::ws_over(TcpStream::connect(addr).await.expect("tcp"), &url, Some("mqtt")).await.expect("upgrade");
+/// Over two fresh connections to a WebSocket listener with max_frame_size = 1024: a text frame after CONNECT
+/// gets close 1003, a 2 KiB binary frame close 1009; `bystander` is served after each.
+async fn bad_frames<S: AsyncRead + AsyncWrite + Unpin>(
+    texter: S,
+    big: S,
+    addr: SocketAddr,
+    bystander: &mut (impl Pinger + ?Sized),
+) {
+    let url = format!("ws://{addr}/mqtt");
+    let mut texter = pki::ws_over(texter, &url, Some("mqtt")).await.expect("upgrade");
     ws_mqtt_connect(&mut texter, "texter").await;
     texter.send(Message::Text("{\"hello\": \"mqtt\"}".into())).await.expect("send text");
     assert_eq!(close_code(&mut texter).await, Some(CloseCode::Unsupported), "1003");
-    bystander.ping().await;
+    bystander.ping_boxed().await;
 
-    let mut big =
-        pki::ws_over(TcpStream::connect(addr).await.expect("tcp"), &url, Some("mqtt")).await.expect("upgrade");
+    let mut big = pki::ws_over(big, &url, Some("mqtt")).await.expect("upgrade");
     ws_mqtt_connect(&mut big, "big").await;
     // A PUBLISH of 2 KiB in one frame, over max_frame_size = 1024.
     let mut p = BytesMut::new();
@@ -356,7 +378,7 @@ async fn a_text_frame_is_closed_with_1003_and_an_oversize_frame_with_1009() {
         .expect("encode");
     big.send(Message::Binary(p.freeze())).await.expect("send");
     assert_eq!(close_code(&mut big).await, Some(CloseCode::Size), "1009");
-    bystander.ping().await;
+    bystander.ping_boxed().await;
 }
 
 const PROXIED: &str = r#"
