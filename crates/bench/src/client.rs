@@ -30,6 +30,10 @@ pub struct ConnectOpts {
     pub password: Option<String>,
     /// Bound on TCP connect + CONNACK, and on SUBACK.
     pub timeout: Duration,
+    /// TCP_NODELAY on the socket.
+    pub nodelay: bool,
+    /// `--write each`: the hot loops write every packet with its own system call.
+    pub write_each: bool,
 }
 
 pub struct Conn {
@@ -41,6 +45,8 @@ pub struct Conn {
     pub receive_maximum: u16,
     /// PINGREQ interval (the keepalive, or the v5 Server Keep Alive); zero = none.
     pub keepalive: Duration,
+    /// `--write each` (see [`Conn::packet_done`]).
+    pub write_each: bool,
     read_chunk: usize,
 }
 
@@ -63,7 +69,7 @@ async fn open(o: &ConnectOpts, index: usize) -> Result<TcpStream> {
         socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("bind to {ip}"))?;
     }
     let stream = socket.connect(o.addr).await.with_context(|| format!("TCP connect to {}", o.addr))?;
-    stream.set_nodelay(true).context("TCP_NODELAY")?;
+    stream.set_nodelay(o.nodelay).context("TCP_NODELAY")?;
     Ok(stream)
 }
 
@@ -76,6 +82,7 @@ async fn connect_inner(o: &ConnectOpts, index: usize, client_id: &str) -> Result
         version: o.version,
         receive_maximum: u16::MAX,
         keepalive: Duration::from_secs(o.keepalive.into()),
+        write_each: o.write_each,
         read_chunk: MIN_READ,
     };
     let mut properties = Properties::default();
@@ -183,6 +190,16 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Called by the hot loops after encoding one packet: with `--write each` it goes out now, in its own write
+    /// system call (or with what is still queued, when the socket did not take everything before). True when
+    /// nothing is left waiting in the write buffer.
+    pub fn packet_done(&mut self) -> io::Result<bool> {
+        if self.write_each {
+            self.try_flush()?;
+        }
+        Ok(self.wbuf.is_empty())
     }
 
     /// Reads what the socket has without blocking: `Ok(true)` if bytes came, `Ok(false)` if none were ready,

@@ -238,21 +238,34 @@ impl Publisher {
         }
     }
 
-    fn produce(&mut self, conn: &mut Conn, n: u64) {
-        let ts = now_ns();
-        conn.wbuf.reserve(n as usize * self.template.len());
-        for _ in 0..n {
+    /// Encodes up to `n` PUBLISHes. `--write coalesce`: all of them, written together by the caller's flush.
+    /// `--write each`: each written at once in its own system call, stopping early when the socket does not
+    /// take more (the rest is produced when it is writable again).
+    fn produce(&mut self, conn: &mut Conn, n: u64) -> std::io::Result<()> {
+        let each = conn.write_each;
+        let mut ts = now_ns();
+        conn.wbuf.reserve(if each { 1 } else { n as usize } * self.template.len());
+        let mut made = 0;
+        while made < n {
             let pid = if self.qos0() { 0 } else { self.alloc_pid() };
+            if each && made > 0 {
+                ts = now_ns();
+            }
             let h = Header { sent_ns: ts, publisher: self.cfg.index, seq: self.seq };
             self.template.put(&mut conn.wbuf, pid, h);
             self.seq = self.seq.wrapping_add(1);
+            made += 1;
+            if each && !conn.packet_done()? {
+                break;
+            }
         }
-        self.r.sent += n;
+        self.r.sent += made;
         if self.qos0() {
-            self.r.acked += n;
+            self.r.acked += made;
         } else {
-            self.inflight += n as usize;
+            self.inflight += made as usize;
         }
+        Ok(())
     }
 
     fn on_packets(&mut self, conn: &mut Conn) -> Result<()> {
@@ -275,11 +288,13 @@ impl Publisher {
                     if self.released.test(pid) {
                         // A repeated PUBREC: answer PUBREL again.
                         conn.send(&Packet::PubRel(PubResp::new(pid)))?;
+                        conn.packet_done()?;
                     } else if self.in_use.test(pid) {
                         if a.reason_code < 0x80 {
                             self.r.acked += 1;
                             self.released.set(pid);
                             conn.send(&Packet::PubRel(PubResp::new(pid)))?;
+                            conn.packet_done()?;
                         } else {
                             // A failed PUBREC ends the exchange [MQTT-4.3.3].
                             self.r.ack_failures += 1;
@@ -341,7 +356,7 @@ impl Publisher {
             if !stopping && conn.wbuf.len() < WBUF_HIGH {
                 let n = self.allowed(now);
                 if n > 0 {
-                    self.produce(conn, n);
+                    self.produce(conn, n)?;
                 }
             }
             conn.try_flush()?;
@@ -485,6 +500,9 @@ impl Subscriber {
                         (QoS::ExactlyOnce, Some(id)) => conn.send(&Packet::PubRec(PubResp::new(id)))?,
                         _ => {}
                     }
+                    if p.qos != QoS::AtMostOnce {
+                        conn.packet_done()?;
+                    }
                     self.r.received += 1;
                     self.r.last_recv_ns = now;
                     let Some(h) = Header::read(&p.payload) else {
@@ -506,7 +524,10 @@ impl Subscriber {
                         self.r.hist.record((now - h.sent_ns) / 1000);
                     }
                 }
-                Packet::PubRel(r) => conn.send(&Packet::PubComp(PubResp::new(r.packet_id)))?,
+                Packet::PubRel(r) => {
+                    conn.send(&Packet::PubComp(PubResp::new(r.packet_id)))?;
+                    conn.packet_done()?;
+                }
                 Packet::Disconnect(d) => bail!("the broker sent DISCONNECT 0x{:02X}", d.reason_code),
                 _ => {}
             }

@@ -54,6 +54,23 @@ impl Scenario {
     }
 }
 
+/// How clients hand their packets to the socket. `coalesce` is the default: it keeps the generator's own cost per
+/// message low, so a fast broker is measured rather than the generator, and it does not change what Mosquitto 2.0
+/// (which reads one packet per three system calls however the bytes arrive) can do; see docs/performance.md,
+/// "Generator fairness".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// As many packets per write as are ready: a publisher encodes up to 64 KiB of PUBLISH (its open window) and
+    /// writes them at once, a subscriber acknowledges everything one read brought in one write.
+    #[default]
+    Coalesce,
+    /// One write system call per packet (PUBLISH, and the subscribers' PUBACK/PUBREC/PUBCOMP), as client
+    /// libraries such as Paho or libmosquitto do: a packet is written as soon as it is made. Packets still pile up
+    /// in the buffer (and go out together) only while the socket does not take more.
+    Each,
+}
+
 /// `halyard bench <scenario> [options]`. The options live in a box so the `halyard` command enum stays small;
 /// fields are reached through `Deref` (`args.port`).
 #[derive(clap::Args, Debug, Clone)]
@@ -144,6 +161,13 @@ pub struct BenchOptions {
     /// connections do not exhaust the ephemeral ports of one address.
     #[arg(long, value_delimiter = ',')]
     pub ifaddrs: Vec<IpAddr>,
+    /// How packets are written: `coalesce` (every packet that is ready in one write) or `each` (one write system
+    /// call per packet, like client libraries). See docs/performance.md, "Generator fairness".
+    #[arg(long = "write", value_enum, default_value_t = WriteMode::Coalesce)]
+    pub write: WriteMode,
+    /// TCP_NODELAY on client sockets: `--nodelay false` leaves Nagle's algorithm on.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub nodelay: bool,
     /// Worker threads of the generator's runtime (default: all cores it may run on).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -215,6 +239,33 @@ pub struct RssKib {
     pub per_conn: f64,
 }
 
+/// How evenly the broker served clients: min, mean and max of a per-client count (see `Summary::per_subscriber`
+/// and `Summary::per_publisher`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct PerClient {
+    pub min: u64,
+    pub mean: f64,
+    pub max: u64,
+    /// min / mean (1 when all got the same; 0 when one got nothing, or when nothing arrived at all).
+    pub min_over_mean: f64,
+}
+
+impl PerClient {
+    /// None for no clients.
+    pub fn of(counts: &[u64]) -> Option<PerClient> {
+        let min = *counts.iter().min()?;
+        let max = *counts.iter().max()?;
+        let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
+        let ratio = if mean > 0.0 { min as f64 / mean } else { 0.0 };
+        Some(PerClient {
+            min,
+            mean: (mean * 100.0).round() / 100.0,
+            max,
+            min_over_mean: (ratio * 1000.0).round() / 1000.0,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct Connections {
     pub established: u64,
@@ -243,6 +294,13 @@ pub struct Summary {
     /// PUBLISH packets delivered to our subscribers, duplicates included.
     pub received: u64,
     pub received_unique: u64,
+    /// PUBLISH packets each subscriber received (duplicates included): min, mean, max (None without subscribers).
+    /// The least-served subscriber of a fan-out is `min`.
+    pub per_subscriber: Option<PerClient>,
+    /// Messages of each publisher that reached our subscribers (unique, summed over subscribers): min, mean, max
+    /// (None without publishers, or when the scenario cannot tell: `pub` alone). The least-served publisher of a
+    /// fan-in is `min`.
+    pub per_publisher: Option<PerClient>,
     /// Deliveries owed: acked × subscribers per message (None when the scenario cannot know).
     pub expected: Option<u64>,
     /// Delivered messages per second (from the start of publishing to the last delivery).
@@ -252,8 +310,13 @@ pub struct Summary {
     pub msgs_per_s_while_publishing: f64,
     /// Published messages per second over duration_s.
     pub sent_per_s: f64,
-    /// expected − received unique, per publisher (None when the scenario cannot know).
+    /// expected − received unique, per publisher (None when the scenario cannot know). At QoS 0 a broker may
+    /// drop what it cannot deliver, so loss there is a measurement, not an error (see `loss_expected`).
     pub lost: Option<u64>,
+    /// lost / expected (None when the scenario cannot know, or nothing was expected).
+    pub lost_ratio: Option<f64>,
+    /// True for QoS 0 runs: the protocol lets a broker drop such messages, so `lost` is reported, not an error.
+    pub loss_expected: bool,
     pub duplicates: u64,
     pub out_of_order: u64,
     /// Deliveries without a bench header.
@@ -358,5 +421,21 @@ mod tests {
         assert!(parse_args(["nope"]).is_err());
         assert!(validate(&parse_args(["pub", "--size", "15"]).unwrap()).is_err());
         assert!(validate(&parse_args(["fanin", "-P", "0"]).unwrap()).is_err());
+        let a = parse_args(["pairs"]).unwrap();
+        assert_eq!(a.write, WriteMode::Coalesce);
+        assert!(a.nodelay);
+        let a = parse_args(["pairs", "--write", "each", "--nodelay", "false"]).unwrap();
+        assert_eq!(a.write, WriteMode::Each);
+        assert!(!a.nodelay);
+        assert!(parse_args(["pairs", "--write", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn per_client_min_mean_max() {
+        assert_eq!(PerClient::of(&[]), None);
+        let p = PerClient::of(&[10, 20, 30, 40]).unwrap();
+        assert_eq!((p.min, p.mean, p.max, p.min_over_mean), (10, 25.0, 40, 0.4));
+        let p = PerClient::of(&[0, 0]).unwrap();
+        assert_eq!((p.min, p.mean, p.max, p.min_over_mean), (0, 0.0, 0, 0.0));
     }
 }

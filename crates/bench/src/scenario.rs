@@ -4,7 +4,9 @@ use crate::client::{self, ConnectOpts};
 use crate::engine::{
     self, run_publisher, run_subscriber, PubCfg, PubResult, Shared, SubCfg, SubResult, CLOSE, RUN, STOP,
 };
-use crate::{expand_topic, sys, BenchArgs, ConnectMs, Connections, Histogram, LatencyUs, RssKib, Scenario, Summary};
+use crate::{
+    expand_topic, sys, BenchArgs, ConnectMs, Connections, Histogram, LatencyUs, PerClient, RssKib, Scenario, Summary,
+};
 use anyhow::{anyhow, Context, Result};
 use halyard_codec::{ProtocolVersion, QoS};
 use std::future::Future;
@@ -37,6 +39,8 @@ async fn connect_opts(a: &BenchArgs) -> Result<ConnectOpts> {
         username: a.username.clone(),
         password: a.password.clone(),
         timeout: Duration::from_secs_f64(a.connect_timeout),
+        nodelay: a.nodelay,
+        write_each: a.write == crate::WriteMode::Each,
     })
 }
 
@@ -343,6 +347,16 @@ pub async fn run_pubsub(a: BenchArgs) -> Result<Summary> {
             .map(|p| (p.acked * f).saturating_sub(unique_by_pub.get(p.index as usize).copied().unwrap_or(0)))
             .sum()
     });
+    let lost_ratio = match (lost, expected) {
+        (Some(l), Some(e)) if e > 0 => Some(round3(l as f64 / e as f64)),
+        _ => None,
+    };
+    let per_subscriber = PerClient::of(&subs.iter().map(|s| s.received).collect::<Vec<_>>());
+    let per_publisher = plan.fanout.and_then(|_| {
+        PerClient::of(
+            &pubs.iter().map(|p| unique_by_pub.get(p.index as usize).copied().unwrap_or(0)).collect::<Vec<_>>(),
+        )
+    });
     let sent: u64 = pubs.iter().map(|r| r.sent).sum();
     let duration_s = (stop_at - t0).as_secs_f64();
     let recv_span = last_ns.saturating_sub(t0_ns) as f64 / 1e9;
@@ -369,11 +383,15 @@ pub async fn run_pubsub(a: BenchArgs) -> Result<Summary> {
         unacked: pubs.iter().map(|p| p.unacked_at_end as u64).sum(),
         received,
         received_unique: unique,
+        per_subscriber,
+        per_publisher,
         expected,
         msgs_per_s: if recv_span > 0.0 { round2(received as f64 / recv_span) } else { 0.0 },
         msgs_per_s_while_publishing: round2(received_while_publishing as f64 / duration_s.max(1e-9)),
         sent_per_s: round2(sent as f64 / duration_s.max(1e-9)),
         lost,
+        lost_ratio,
+        loss_expected: qos == QoS::AtMostOnce,
         duplicates: dups,
         out_of_order: ooo,
         malformed,
@@ -490,11 +508,15 @@ pub async fn run_conn(a: BenchArgs) -> Result<Summary> {
         unacked: 0,
         received: 0,
         received_unique: 0,
+        per_subscriber: None,
+        per_publisher: None,
         expected: None,
         msgs_per_s: 0.0,
         msgs_per_s_while_publishing: 0.0,
         sent_per_s: 0.0,
         lost: None,
+        lost_ratio: None,
+        loss_expected: false,
         duplicates: 0,
         out_of_order: 0,
         malformed: 0,

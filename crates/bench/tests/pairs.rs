@@ -57,6 +57,46 @@ async fn pairs_qos1_delivers_everything_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_modes_deliver_everything_once() {
+    let (server, port) = broker().await;
+    let port = port.to_string();
+    for write in ["each", "coalesce"] {
+        for qos in ["1", "2"] {
+            let args = halyard_bench::parse_args([
+                "pairs",
+                "-c",
+                "3",
+                "--qos",
+                qos,
+                "--inflight",
+                "8",
+                "--count",
+                "300",
+                "--write",
+                write,
+                "--port",
+                &port,
+                "--quiet",
+            ])
+            .unwrap();
+            let s = halyard_bench::run_scenario(args).await.expect("scenario runs");
+            let what = format!("--write {write} --qos {qos}: {s:?}");
+            assert_eq!(s.sent, 900, "{what}");
+            assert_eq!(s.acked, 900, "{what}");
+            assert_eq!(s.received, 900, "{what}");
+            assert_eq!(s.lost, Some(0), "{what}");
+            assert_eq!(s.duplicates, 0, "{what}");
+            assert!(!s.loss_expected);
+            let per = s.per_subscriber.expect("per subscriber");
+            assert_eq!((per.min, per.max, per.min_over_mean), (300, 300, 1.0), "{what}");
+            let per = s.per_publisher.expect("per publisher");
+            assert_eq!((per.min, per.max), (300, 300), "{what}");
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_qos2_v5_and_conn_with_count() {
     let (server, port) = broker().await;
     let port = port.to_string();

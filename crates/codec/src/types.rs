@@ -178,7 +178,7 @@ impl Properties {
 
 /// A packet's properties, allocated only when it has any. Most packets have none (every MQTT 3.x packet, most
 /// v5 acknowledgements), and a boxed empty `Properties` on each was an allocation and a free of ~400 bytes per
-/// packet on the hot path. Reads of an empty one see a shared empty `Properties`; the first write allocates.
+/// packet on the hot path. Reads of an empty one see a shared empty `Properties`; `make_mut` allocates.
 #[derive(Clone, Default)]
 pub struct Props(Option<Box<Properties>>);
 
@@ -233,6 +233,12 @@ impl Props {
         self.0.as_deref_mut()
     }
 
+    /// The properties for writing, allocated if there were none: for setting a property. (No `DerefMut`, so
+    /// that a write that allocates is visible where it is made: taking or clearing goes through `get_mut`.)
+    pub fn make_mut(&mut self) -> &mut Properties {
+        self.0.get_or_insert_with(Box::default)
+    }
+
     /// The properties, or `None` when none are set.
     pub fn into_inner(self) -> Option<Box<Properties>> {
         self.0.filter(|p| !p.is_empty())
@@ -261,12 +267,6 @@ impl std::ops::Deref for Props {
     type Target = Properties;
     fn deref(&self) -> &Properties {
         self.0.as_deref().unwrap_or(&EMPTY_PROPERTIES)
-    }
-}
-
-impl std::ops::DerefMut for Props {
-    fn deref_mut(&mut self) -> &mut Properties {
-        self.0.get_or_insert_with(Box::default)
     }
 }
 
@@ -433,5 +433,27 @@ impl Packet {
             Packet::Disconnect(_) => "DISCONNECT",
             Packet::Auth(_) => "AUTH",
         }
+    }
+}
+
+#[cfg(test)]
+mod props_tests {
+    use super::*;
+
+    #[test]
+    fn empty_props_read_as_empty_and_allocate_only_when_written() {
+        let mut p = Props::default();
+        assert!(p.is_empty());
+        assert!(p.topic_alias.is_none(), "reads see the shared empty set");
+        assert!(p.get_mut().is_none(), "taking from empty properties finds nothing to allocate");
+        assert!(p.clone().into_inner().is_none());
+        p.make_mut().topic_alias = Some(3);
+        assert_eq!(p.topic_alias, Some(3));
+        assert!(!p.is_empty());
+        // Equal when the same properties are set, allocated or not.
+        let mut cleared = p.clone();
+        cleared.get_mut().map(|q| q.topic_alias.take());
+        assert_eq!(cleared, Props::default());
+        assert!(cleared.into_inner().is_none(), "an allocated but empty set reads as none");
     }
 }

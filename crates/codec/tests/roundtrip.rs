@@ -422,7 +422,7 @@ fn v5_acks_use_the_short_forms() {
     assert_eq!(bytes_of(&Packet::PubAck(ack.clone()), V5), [0x40, 2, 1, 2]);
     ack.reason_code = 0x10;
     assert_eq!(bytes_of(&Packet::PubRec(ack.clone()), V5), [0x50, 3, 1, 2, 0x10]);
-    ack.properties.reason_string = Some(Utf8::from("x"));
+    ack.properties.make_mut().reason_string = Some(Utf8::from("x"));
     assert_eq!(bytes_of(&Packet::PubComp(ack), V5), [0x70, 8, 1, 2, 0x10, 4, 0x1F, 0, 1, b'x']);
     assert_eq!(bytes_of(&Packet::Disconnect(Disconnect::default()), V5), [0xE0, 0]);
     let d = Disconnect { reason_code: 0x8E, properties: Default::default() };

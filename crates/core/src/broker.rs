@@ -10,7 +10,7 @@ use crate::persist::{self, SessionRecord};
 use crate::registry::Registry;
 use crate::retainer::Retainer;
 use crate::router::Router;
-use crate::session::{Control, SessionHandle, SessionState};
+use crate::session::{Control, Pushed, SessionHandle, SessionState};
 use crate::subscription::SubEntry;
 use crate::timers::{Due, OfflineTimers};
 /// Kept here too: the will is what a connection hands the broker when it detaches.
@@ -55,6 +55,8 @@ pub struct Published {
     pub matched: usize,
     /// The store ticket to wait for before acknowledging (0: nothing was stored), or why it cannot be stored.
     pub ticket: Result<u64, StoreError>,
+    /// A subscriber's queue is past its high-water mark (`Pushed::Behind`): the publisher should let it run.
+    pub behind: bool,
 }
 
 /// A session handed to a connection.
@@ -265,7 +267,7 @@ impl Broker {
             Fold::Continue(m) => m,
             Fold::Stop(m) => {
                 self.dropped(Some(&m), None, DropReason::StoppedByHook);
-                return Published { matched: 0, ticket: self.submit(with) };
+                return Published { matched: 0, ticket: self.submit(with), behind: false };
             }
         };
         let retained = msg.retain && self.config.mqtt.retain_available;
@@ -303,7 +305,7 @@ impl Broker {
         // commit. QoS 0 is never refused, so it never waits.
         let refusable = msg.qos != QoS::AtMostOnce;
         let wait = match &ticket {
-            Err(_) if refusable => return Published { matched, ticket },
+            Err(_) if refusable => return Published { matched, ticket, behind: false },
             Ok(t) if refusable && *t > self.store.committed() => *t,
             _ => 0,
         };
@@ -311,14 +313,17 @@ impl Broker {
             self.retain(msg.clone(), ticket.as_ref().copied().unwrap_or(0), wait != 0);
         }
         let mut drops = Vec::new();
+        let mut behind = false;
         for (session, mut d) in targets {
             d.commit = wait;
-            if session.push(d, self, &mut drops) {
-                congested.push(session);
+            match session.push(d, self, &mut drops) {
+                Pushed::Queued => {}
+                Pushed::Behind => behind = true,
+                Pushed::HoldBack => congested.push(session),
             }
         }
         self.submit_logged(drops);
-        Published { matched, ticket }
+        Published { matched, ticket, behind }
     }
 
     /// Makes `msg` the retained message of its topic now, or once `ticket` commits when `wait` is set. Retained

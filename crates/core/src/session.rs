@@ -138,6 +138,17 @@ impl MQueue {
     }
 }
 
+/// What queueing a delivery asks of its publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// The session's queue is past its high-water mark; nothing holds the publisher (QoS 0, or the session
+    /// stalled), but it should let the subscriber run before reading more.
+    Behind,
+    /// Online, QoS 1/2, past the high-water mark: the publisher holds back until the queue drains.
+    HoldBack,
+}
+
 /// What another task may ask of the connection task that owns a session.
 #[derive(Debug)]
 pub enum Control {
@@ -214,19 +225,20 @@ impl SessionHandle {
     }
 
     /// Queues a delivery; drop-oldest when the mqueue is full. Every drop is counted and logged at debug.
-    /// Returns true when the publisher should hold back: the session is online, the delivery is QoS 1/2 and
-    /// the queue is past its high-water mark. Offline sessions never hold publishers back (their mqueue drops
-    /// the oldest instead), and neither does QoS 0.
+    /// Returns `HoldBack` when the publisher should hold back: the session is online, the delivery is QoS 1/2
+    /// and the queue is past its high-water mark. Offline sessions never hold publishers back (their mqueue
+    /// drops the oldest instead), and neither does QoS 0: an online queue past the mark says `Behind` then, and
+    /// the publisher lets the subscriber run before it reads on.
     ///
     /// For a persistent session a QoS 1/2 delivery of a stored message (`msg.id != 0`) gets its queue position
     /// and an `Enqueue` in `ops`; dropping a stored entry adds its `Dequeue`. The caller submits `ops`.
     /// Drops go through `broker.dropped` (counter and `message.dropped`), after the queue lock is released.
-    pub fn push(&self, mut d: Delivery, broker: &crate::Broker, ops: &mut Vec<Op>) -> bool {
+    pub fn push(&self, mut d: Delivery, broker: &crate::Broker, ops: &mut Vec<Op>) -> Pushed {
         let online = self.is_online();
         if d.qos == QoS::AtMostOnce && !online && !self.store_qos0.load(Ordering::Relaxed) {
             tracing::debug!(client_id = %self.client_id, topic = %d.msg.topic, "QoS 0 message not queued for offline session");
             broker.dropped(Some(&d.msg), Some(&self.client_id), DropReason::Qos0Offline);
-            return false;
+            return Pushed::Queued;
         }
         let mut evicted = None;
         let max = self.max_queue_len.load(Ordering::Relaxed);
@@ -250,7 +262,13 @@ impl SessionHandle {
             } else {
                 q.push_ready(d);
             }
-            holds_back && q.len() >= high_water(max) && !self.stalled.load(Ordering::Relaxed)
+            if !online || q.len() < high_water(max) {
+                Pushed::Queued
+            } else if holds_back && !self.stalled.load(Ordering::Relaxed) {
+                Pushed::HoldBack
+            } else {
+                Pushed::Behind
+            }
         };
         if let Some(old) = evicted {
             // Outside the lock: a callback may look at this session.

@@ -5,7 +5,6 @@
 //! same over all of them: only bytes cross this boundary.
 
 use bytes::{Buf, BytesMut};
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -15,10 +14,10 @@ use tokio::net::TcpStream;
 
 /// A byte stream over a TCP socket other than the socket itself: TLS, WebSocket.
 ///
-/// The driver waits on the socket's read readiness and then reads without waiting, so a stream must return
-/// `Pending` from `poll_read` only when it holds no decoded bytes and its socket had nothing more to give. It
-/// may buffer bytes across a `Ready` (a TLS record larger than the buffer it was offered): the driver reads again
-/// after every read that returned bytes, until one is `Pending`, before it waits on the socket again.
+/// A busy connection polls the stream's `poll_read` with its task's context, so the stream registers whatever
+/// it waits for (the socket's read side, or its write side while it sends a close frame). An idle connection
+/// waits on the socket's read readiness instead, and parks only after a read was `Pending`: a stream may hold
+/// decoded bytes the socket's readiness does not show (a second TLS record, bytes read during the handshake).
 pub trait Transport: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {
     /// The TCP socket underneath: its readiness wakes an idle connection.
     fn socket(&self) -> &TcpStream;
@@ -85,41 +84,72 @@ impl Io {
 
     pub(crate) fn stream(stream: Box<dyn Transport>) -> Io {
         let _ = stream.socket().set_nodelay(true);
-        Io::Stream { stream, maybe_buffered: false, unflushed: false }
+        // The handshake may have left bytes in the stream: read before waiting on the socket.
+        Io::Stream { stream, maybe_buffered: true, unflushed: false }
     }
 
-    /// Ready when a read may return something (possibly spuriously). Uses the socket's own waker slot: a
-    /// `readable()` future would add a waiter of its own to every idle connection.
+    /// Reads into `buf`'s spare capacity (reserving `chunk` bytes when less than a quarter of that is left).
+    /// Plain TCP waits on readiness first, so an idle socket costs no buffer; a stream is polled directly, with
+    /// the caller's context. `Ok(0)`: the peer closed.
+    pub(crate) fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        chunk: usize,
+    ) -> Poll<io::Result<usize>> {
+        let reserve = |buf: &mut BytesMut| {
+            if buf.capacity() - buf.len() < chunk / 4 {
+                buf.reserve(chunk);
+            }
+        };
+        match self {
+            Io::Tcp { rd, .. } => loop {
+                std::task::ready!(rd.as_ref().poll_read_ready(cx))?;
+                reserve(buf);
+                match rd.try_read_buf(buf) {
+                    // Readiness was stale: tokio cleared it, and the next poll registers for the next.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if buf.is_empty() {
+                            // Do not keep a buffer reserved for a spurious wake-up.
+                            *buf = BytesMut::new();
+                        }
+                    }
+                    r => return Poll::Ready(r),
+                }
+            },
+            Io::Stream { stream, maybe_buffered, .. } => {
+                reserve(buf);
+                let before = buf.len();
+                let dst = buf.spare_capacity_mut();
+                let mut rb = ReadBuf::uninit(dst);
+                match Pin::new(&mut **stream).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+                        unsafe { buf.set_len(before + n) };
+                        *maybe_buffered = n > 0;
+                        Poll::Ready(Ok(n))
+                    }
+                    Poll::Ready(Err(e)) => {
+                        *maybe_buffered = false;
+                        Poll::Ready(Err(e))
+                    }
+                    Poll::Pending => {
+                        *maybe_buffered = false;
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ready when a read may return something (possibly spuriously): what an idle connection waits on. Uses the
+    /// socket's own waker slot: a `readable()` future would add a waiter of its own to every idle connection.
     pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Io::Tcp { rd, .. } => rd.as_ref().poll_read_ready(cx),
             Io::Stream { maybe_buffered: true, .. } => Poll::Ready(Ok(())),
             Io::Stream { stream, .. } => stream.socket().poll_read_ready(cx),
-        }
-    }
-
-    /// Reads what is there into `buf`'s spare capacity without waiting: `WouldBlock` when nothing is.
-    pub(crate) fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        match self {
-            Io::Tcp { rd, .. } => rd.try_read_buf(buf),
-            Io::Stream { stream, maybe_buffered, .. } => {
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                let mut fut = std::pin::pin!(stream.read_buf(buf));
-                match fut.as_mut().poll(&mut cx) {
-                    Poll::Ready(Ok(n)) => {
-                        *maybe_buffered = n > 0;
-                        Ok(n)
-                    }
-                    Poll::Ready(Err(e)) => {
-                        *maybe_buffered = false;
-                        Err(e)
-                    }
-                    Poll::Pending => {
-                        *maybe_buffered = false;
-                        Err(io::ErrorKind::WouldBlock.into())
-                    }
-                }
-            }
         }
     }
 
@@ -164,11 +194,14 @@ impl Io {
     pub(crate) fn read_now(&mut self, chunk: &mut [u8]) -> io::Result<usize> {
         match self {
             Io::Tcp { rd, .. } => std::io::Read::read(&mut &*socket2::SockRef::from(rd.as_ref()), chunk),
-            Io::Stream { .. } => {
-                let mut buf = BytesMut::with_capacity(chunk.len());
-                let n = self.try_read_buf(&mut buf)?;
-                chunk[..n].copy_from_slice(&buf[..n]);
-                Ok(n)
+            Io::Stream { stream, .. } => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut rb = ReadBuf::new(chunk);
+                match Pin::new(&mut **stream).poll_read(&mut cx, &mut rb) {
+                    Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
             }
         }
     }

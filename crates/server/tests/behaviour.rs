@@ -150,7 +150,7 @@ async fn disconnect_then_immediate_reconnect_discards_the_will_and_keeps_the_pub
     for v in [V4, V5] {
         let mut c = connect_packet(v, &format!("racer-{v:?}"), false);
         if v == V5 {
-            c.properties.session_expiry_interval = Some(60);
+            c.properties.make_mut().session_expiry_interval = Some(60);
         }
         c.will = Some(will("race/will", b"gone", QoS::AtMostOnce));
         let (mut r, _) = Raw::connect_with(b.addr, c.clone()).await;
@@ -187,9 +187,9 @@ async fn will_delay_cancelled_by_reconnect_and_immediate_with_expiry_0() {
     watcher.subscribe("wd/#", QoS::AtMostOnce).await;
 
     let mut c = connect_packet(V5, "wd-a", false);
-    c.properties.session_expiry_interval = Some(60);
+    c.properties.make_mut().session_expiry_interval = Some(60);
     let mut w = will("wd/a", b"late", QoS::AtMostOnce);
-    w.properties.will_delay_interval = Some(30);
+    w.properties.make_mut().will_delay_interval = Some(30);
     c.will = Some(w.clone());
     let (dying, _) = Raw::connect_with(b.addr, c.clone()).await;
     drop(dying);
@@ -301,7 +301,7 @@ async fn takeover_sends_0x8e_to_the_old_connection_and_keeps_the_session() {
     // [MQTT-3.1.4-3] a second connection with the same client id: the old one gets DISCONNECT 0x8E and closes.
     let b = start(&[]).await;
     let mut c = connect_packet(V5, "taken", false);
-    c.properties.session_expiry_interval = Some(300);
+    c.properties.make_mut().session_expiry_interval = Some(300);
     let (mut old, _) = Raw::connect_with(b.addr, c.clone()).await;
     old.subscribe("to/#", QoS::AtLeastOnce).await;
     let (mut new, ack) = Raw::connect_with(b.addr, c).await;
@@ -354,12 +354,12 @@ async fn topic_alias_inbound_and_broker_assigned_outbound() {
     // the broker assigns aliases towards a client that allows them (Topic Alias Maximum).
     let b = start(&[]).await;
     let mut c = connect_packet(V5, "alias-sub", true);
-    c.properties.topic_alias_maximum = Some(5);
+    c.properties.make_mut().topic_alias_maximum = Some(5);
     let (mut s, _) = Raw::connect_with(b.addr, c).await;
     s.subscribe("al/#", QoS::AtMostOnce).await;
     let (mut publ, _) = Raw::connect(b.addr, V5, "alias-pub", true).await;
     let mut p = publish("al/long/topic", b"1", QoS::AtMostOnce, false, 0);
-    p.properties.topic_alias = Some(1);
+    p.properties.make_mut().topic_alias = Some(1);
     publ.send(&Packet::Publish(p.clone())).await;
     p.topic = Utf8::default();
     p.payload = bytes::Bytes::from_static(b"2");
@@ -374,7 +374,7 @@ async fn topic_alias_inbound_and_broker_assigned_outbound() {
     // An alias above the broker's Topic Alias Maximum is an error: DISCONNECT 0x94 [MQTT-3.3.2-9].
     let (mut bad, _) = Raw::connect(b.addr, V5, "alias-bad", true).await;
     let mut p = publish("al/x", b"x", QoS::AtMostOnce, false, 0);
-    p.properties.topic_alias = Some(0);
+    p.properties.make_mut().topic_alias = Some(0);
     bad.send(&Packet::Publish(p)).await;
     assert_eq!(disconnect_code(&bad.closed().await.expect("closed")), Some(rc::TOPIC_ALIAS_INVALID));
 }
@@ -384,16 +384,16 @@ async fn message_expiry_is_decremented_and_expired_messages_dropped() {
     // [MQTT-3.3.2-5] an expired message is not delivered; [MQTT-3.3.2-6] the interval sent is what is left.
     let b = start(&[]).await;
     let mut c = connect_packet(V5, "exp", false);
-    c.properties.session_expiry_interval = Some(60);
+    c.properties.make_mut().session_expiry_interval = Some(60);
     let (mut s, _) = Raw::connect_with(b.addr, c.clone()).await;
     s.subscribe("exp/#", QoS::AtLeastOnce).await;
     drop(s);
     let (mut publ, _) = Raw::connect(b.addr, V5, "exp-pub", true).await;
     let mut short = publish("exp/short", b"s", QoS::AtLeastOnce, false, 1);
-    short.properties.message_expiry_interval = Some(1);
+    short.properties.make_mut().message_expiry_interval = Some(1);
     publ.send(&Packet::Publish(short)).await;
     let mut long = publish("exp/long", b"l", QoS::AtLeastOnce, false, 2);
-    long.properties.message_expiry_interval = Some(100);
+    long.properties.make_mut().message_expiry_interval = Some(100);
     publ.send(&Packet::Publish(long)).await;
     assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
     assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
@@ -429,10 +429,11 @@ async fn request_response_and_user_properties_are_forwarded() {
     s.subscribe("req", QoS::AtMostOnce).await;
     let (mut publ, _) = Raw::connect(b.addr, V5, "rr-pub", true).await;
     let mut p = publish("req", b"q", QoS::AtMostOnce, false, 0);
-    p.properties.response_topic = Some(Utf8::from("resp/1"));
-    p.properties.correlation_data = Some(bytes::Bytes::from_static(b"c-7"));
-    p.properties.user_properties = vec![(Utf8::from("k"), Utf8::from("v1")), (Utf8::from("k"), Utf8::from("v2"))];
-    p.properties.content_type = Some(Utf8::from("text/plain"));
+    p.properties.make_mut().response_topic = Some(Utf8::from("resp/1"));
+    p.properties.make_mut().correlation_data = Some(bytes::Bytes::from_static(b"c-7"));
+    p.properties.make_mut().user_properties =
+        vec![(Utf8::from("k"), Utf8::from("v1")), (Utf8::from("k"), Utf8::from("v2"))];
+    p.properties.make_mut().content_type = Some(Utf8::from("text/plain"));
     publ.send(&Packet::Publish(p.clone())).await;
     let got = s.expect_publish().await;
     assert_eq!(got.properties.response_topic, p.properties.response_topic);
@@ -470,7 +471,7 @@ async fn inflight_window_bounded_by_client_receive_maximum() {
     // [MQTT-3.3.4-7] the server does not send more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum.
     let b = start(&[]).await;
     let mut c = connect_packet(V5, "rm", true);
-    c.properties.receive_maximum = Some(2);
+    c.properties.make_mut().receive_maximum = Some(2);
     let (mut s, _) = Raw::connect_with(b.addr, c).await;
     s.subscribe("rm", QoS::AtLeastOnce).await;
     let (mut publ, _) = Raw::connect(b.addr, V5, "rm-pub", true).await;
@@ -503,7 +504,7 @@ async fn oversize_outbound_message_is_dropped_for_that_client() {
     // [MQTT-3.1.2-25] the server must not send a packet above the client's Maximum Packet Size.
     let b = start(&[]).await;
     let mut c = connect_packet(V5, "small", true);
-    c.properties.maximum_packet_size = Some(64);
+    c.properties.make_mut().maximum_packet_size = Some(64);
     let (mut s, _) = Raw::connect_with(b.addr, c).await;
     s.subscribe("sz", QoS::AtMostOnce).await;
     let (mut publ, _) = Raw::connect(b.addr, V5, "sz-pub", true).await;
@@ -569,7 +570,7 @@ async fn a_stuck_subscriber_holds_publishers_back_once_then_its_mqueue_policy_ap
     // every further message would wait the hold limit again.
     let b = start(&[("HALYARD_MQTT__MAX_MQUEUE_LEN", "10")]).await;
     let mut c = connect_packet(V5, "stuck", true);
-    c.properties.receive_maximum = Some(1);
+    c.properties.make_mut().receive_maximum = Some(1);
     let (mut s, _) = Raw::connect_with(b.addr, c).await;
     s.subscribe("stuck", QoS::AtLeastOnce).await;
     let (mut publ, _) = Raw::connect(b.addr, V5, "busy", true).await;
@@ -598,7 +599,7 @@ async fn backpressure_holds_publishers_instead_of_dropping_acknowledged_messages
     // subscriber slow: one message per round trip).
     let b = start(&[("HALYARD_MQTT__MAX_MQUEUE_LEN", "10")]).await;
     let mut c = connect_packet(V5, "slow", true);
-    c.properties.receive_maximum = Some(1);
+    c.properties.make_mut().receive_maximum = Some(1);
     let (mut s, _) = Raw::connect_with(b.addr, c).await;
     s.subscribe("bp", QoS::AtLeastOnce).await;
     let (mut publ, _) = Raw::connect(b.addr, V5, "fast", true).await;

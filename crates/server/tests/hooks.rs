@@ -78,7 +78,7 @@ async fn takeover_over_tcp_reports_the_old_connection_once() {
     let b = start(&[]).await;
     let (_q, mut rx) = record(&b.broker);
     let mut connect = common::connect_packet(V5, "tcp-tk", false);
-    connect.properties.session_expiry_interval = Some(60);
+    connect.properties.make_mut().session_expiry_interval = Some(60);
     let (mut old, _) = Raw::connect_with(b.addr, connect.clone()).await;
     old.subscribe("tk", QoS::AtLeastOnce).await;
     assert!(matches!(next(&mut rx).await, Ev::Connected(id, _) if id == "tcp-tk"));

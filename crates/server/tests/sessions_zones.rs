@@ -15,7 +15,7 @@ async fn takeover_of_session_with_expiry_0_fires_will_and_starts_fresh() {
     watcher.subscribe("zw/#", QoS::AtMostOnce).await;
     let mut c = connect_packet(V5, "z-old", false);
     let mut w = will("zw/old", b"bye", QoS::AtMostOnce);
-    w.properties.will_delay_interval = Some(100);
+    w.properties.make_mut().will_delay_interval = Some(100);
     c.will = Some(w);
     let (mut old, _) = Raw::connect_with(b.addr, c).await;
     old.subscribe("zsub", QoS::AtMostOnce).await;
@@ -34,7 +34,7 @@ async fn session_expires_after_its_interval() {
     // [MQTT-3.1.2-23] the session is kept for Session Expiry Interval after the connection closes, then discarded.
     let b = start(&[]).await;
     let mut c = connect_packet(V5, "expiring", false);
-    c.properties.session_expiry_interval = Some(1);
+    c.properties.make_mut().session_expiry_interval = Some(1);
     let (s, _) = Raw::connect_with(b.addr, c.clone()).await;
     drop(s);
     // The first reconnect is within the interval. The rule itself is checked at exact instants without sockets
@@ -58,7 +58,7 @@ async fn session_expiry_is_capped_by_config_and_announced() {
     // §3.2.2.3.2: the server may use another Session Expiry Interval and then says so in CONNACK.
     let b = start(&[("HALYARD_MQTT__SESSION_EXPIRY_INTERVAL", "60s")]).await;
     let mut c = connect_packet(V5, "capped", false);
-    c.properties.session_expiry_interval = Some(3600);
+    c.properties.make_mut().session_expiry_interval = Some(3600);
     let (_s, ack) = Raw::connect_with(b.addr, c).await;
     assert!(matches!(ack, Packet::ConnAck(a) if a.properties.session_expiry_interval == Some(60)));
 }
@@ -100,7 +100,7 @@ async fn refusals_carry_a_reason_string_unless_the_client_declines() {
         other => panic!("expected PUBACK, got {other:?}"),
     }
     let mut quiet = connect_packet(V5, "why-not", true);
-    quiet.properties.request_problem_information = Some(0);
+    quiet.properties.make_mut().request_problem_information = Some(0);
     let (mut q, _) = Raw::connect_with(b.addr, quiet).await;
     q.publish("$SYS/x", b"x", QoS::AtLeastOnce, false, 1).await;
     assert!(
@@ -118,9 +118,9 @@ async fn will_goes_out_when_the_session_expires_before_the_will_delay() {
     watcher.subscribe("wx/#", QoS::AtMostOnce).await;
     for round in 0..3 {
         let mut c = connect_packet(V5, "wx", true);
-        c.properties.session_expiry_interval = Some(1);
+        c.properties.make_mut().session_expiry_interval = Some(1);
         let mut w = will("wx/t", format!("bye {round}").as_bytes(), QoS::AtMostOnce);
-        w.properties.will_delay_interval = Some(5);
+        w.properties.make_mut().will_delay_interval = Some(5);
         c.will = Some(w);
         let (dying, _) = Raw::connect_with(b.addr, c).await;
         drop(dying);

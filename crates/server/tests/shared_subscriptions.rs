@@ -395,7 +395,7 @@ async fn unacknowledged_message_goes_to_another_member_when_a_persistent_member_
     // (its session goes on); the broker does, and the message moves rather than being copied.
     let b = start(&[]).await;
     let mut c = connect_packet(V5, "rdp-a", false);
-    c.properties.session_expiry_interval = Some(300);
+    c.properties.make_mut().session_expiry_interval = Some(300);
     let (mut a, _) = Raw::connect_with(b.addr, c.clone()).await;
     granted(&mut a, "$share/g/rdp", QoS::AtLeastOnce).await;
     let mut publ = publisher(b.addr, "rdp-pub").await;
@@ -441,7 +441,7 @@ async fn qos2_in_flight_is_completed_to_the_same_member_when_it_reconnects() {
     // complete the delivery to that Client when it reconnects (§4.3.3), not to another member.
     let b = start(&[]).await;
     let mut c = connect_packet(V5, "q2r-a", false);
-    c.properties.session_expiry_interval = Some(300);
+    c.properties.make_mut().session_expiry_interval = Some(300);
     c.will = Some(will("q2r/will", b"a left", QoS::AtMostOnce));
     let (mut a, _) = Raw::connect_with(b.addr, c.clone()).await;
     granted(&mut a, "$share/g/q2r", QoS::ExactlyOnce).await;

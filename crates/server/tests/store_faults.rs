@@ -28,7 +28,7 @@ async fn start_on(store: Arc<FaultyStore>) -> TestBroker {
 /// A v5 connection with a session that outlives it (Session Expiry Interval 3600).
 async fn persistent(addr: std::net::SocketAddr, id: &str) -> Raw {
     let mut c = connect_packet(V5, id, false);
-    c.properties.session_expiry_interval = Some(3600);
+    c.properties.make_mut().session_expiry_interval = Some(3600);
     Raw::connect_with(addr, c).await.0
 }
 

@@ -18,7 +18,7 @@ async fn takeover_under_load(version: ProtocolVersion) {
     let id = format!("hot-{version:?}");
     let mut c = connect_packet(version, &id, false);
     if version.is_v5() {
-        c.properties.session_expiry_interval = Some(600);
+        c.properties.make_mut().session_expiry_interval = Some(600);
     }
     let (mut sub, _) = Raw::connect_with(b.addr, c.clone()).await;
     sub.subscribe("load/t", QoS::AtLeastOnce).await;

@@ -109,7 +109,7 @@ async fn online(b: &Arc<Broker>, v: ProtocolVersion, id: &str, keep_alive: u16, 
 fn v5_connect(id: &str, clean: bool, expiry: u32) -> Connect {
     let Packet::Connect(mut c) = connect(ProtocolVersion::V5, id, 0) else { unreachable!() };
     c.clean_start = clean;
-    c.properties.session_expiry_interval = Some(expiry);
+    c.properties.make_mut().session_expiry_interval = Some(expiry);
     *c
 }
 

@@ -122,7 +122,8 @@ impl Conn {
 
     /// Topic Alias [MQTT-3.3.2-7 .. -12]: a topic with an alias sets it, an empty topic uses it.
     fn resolve_alias(&mut self, p: &mut Publish) -> Result<(), Close> {
-        let Some(alias) = p.properties.topic_alias.take() else {
+        // Through `get_mut`: a PUBLISH without properties (every MQTT 3.x one) must not get them allocated here.
+        let Some(alias) = p.properties.get_mut().and_then(|p| p.topic_alias.take()) else {
             if p.topic.is_empty() {
                 return Err(Close::error(rc::PROTOCOL_ERROR, "empty topic without topic alias"));
             }
@@ -164,7 +165,9 @@ impl Conn {
         let mut congested = Vec::new();
         let published = self.broker.publish_into(Arc::new(msg), with, &mut congested);
         let work = u32::try_from(published.matched).unwrap_or(u32::MAX).saturating_add(1);
-        self.routed = self.routed.saturating_add(work);
+        // A subscriber that is behind should run before this publisher reads more: saturating the count makes
+        // the driver yield after this packet.
+        self.routed = if published.behind { u32::MAX } else { self.routed.saturating_add(work) };
         if !congested.is_empty() {
             self.congested.get_or_insert_with(Default::default).append(&mut congested);
         }
@@ -296,7 +299,9 @@ impl Conn {
         if self.version.is_v5() {
             r.reason_code = code;
             if code >= 0x80 && !why.is_empty() {
-                r.properties.reason_string = self.reason_string(why);
+                if let Some(s) = self.reason_string(why) {
+                    r.properties.make_mut().reason_string = Some(s);
+                }
             }
         }
         kind(r)

@@ -469,7 +469,7 @@ impl Conn {
             if let Some(code) = close.reason_code {
                 let mut d = Disconnect { reason_code: code, ..Default::default() };
                 if self.limits.request_problem_information {
-                    d.properties.reason_string = Some(Utf8::from(close.why.as_ref()));
+                    d.properties.make_mut().reason_string = Some(Utf8::from(close.why.as_ref()));
                 }
                 self.send_trimmed(Packet::Disconnect(d));
             }
@@ -606,13 +606,14 @@ fn disconnect_reason(c: &Close) -> DisconnectReason {
     }
 }
 
+/// The properties of an ack-like packet, if it has any set (to trim them).
 fn properties_mut(p: &mut Packet) -> Option<&mut halyard_codec::Properties> {
     match p {
-        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => Some(&mut r.properties),
-        Packet::SubAck(s) => Some(&mut s.properties),
-        Packet::UnsubAck(u) => Some(&mut u.properties),
-        Packet::Disconnect(d) => Some(&mut d.properties),
-        Packet::ConnAck(c) => Some(&mut c.properties),
+        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => r.properties.get_mut(),
+        Packet::SubAck(s) => s.properties.get_mut(),
+        Packet::UnsubAck(u) => u.properties.get_mut(),
+        Packet::Disconnect(d) => d.properties.get_mut(),
+        Packet::ConnAck(c) => c.properties.get_mut(),
         _ => None,
     }
 }

@@ -226,10 +226,10 @@ impl Conn {
             // writing to empty properties allocates them.
             let expiry = d.msg.remaining_expiry(now);
             if expiry.is_some() || p.properties.message_expiry_interval.is_some() {
-                p.properties.message_expiry_interval = expiry;
+                p.properties.make_mut().message_expiry_interval = expiry;
             }
             if !d.sub_ids.is_empty() || !p.properties.subscription_identifiers.is_empty() {
-                p.properties.subscription_identifiers.clone_from(&d.sub_ids);
+                p.properties.make_mut().subscription_identifiers.clone_from(&d.sub_ids);
             }
         }
         let packet = Packet::Publish(p);
@@ -255,7 +255,7 @@ impl Conn {
         let budget = usize::try_from(self.zone.max_topic_alias_bytes.0).unwrap_or(usize::MAX);
         let a = self.aliases.get_or_insert_with(Default::default);
         if let Some(&alias) = a.outbound.get(&p.topic) {
-            p.properties.topic_alias = Some(alias);
+            p.properties.make_mut().topic_alias = Some(alias);
             p.topic = Utf8::default();
         } else if a.outbound.len() < max && a.outbound_bytes + p.topic.len() <= budget {
             // Past the byte budget, topics are simply sent in full: aliases are an optimisation.
@@ -263,7 +263,7 @@ impl Conn {
             a.outbound_bytes += p.topic.len();
             // A copy: the message's topic is a slice of its publisher's read buffer, which it would keep alive.
             a.outbound.insert(Utf8::from(p.topic.as_str()), alias);
-            p.properties.topic_alias = Some(alias);
+            p.properties.make_mut().topic_alias = Some(alias);
         }
     }
 

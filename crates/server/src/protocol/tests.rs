@@ -336,7 +336,7 @@ async fn inbound_topic_aliases_are_held_to_a_byte_budget() {
     let topic = |i: u16| format!("{i}/{}", "t".repeat(60 * 1024));
     let with_alias = |topic: &str, alias: u16| {
         let Packet::Publish(mut p) = publish(topic, QoS::AtMostOnce, None, false) else { unreachable!() };
-        p.properties.topic_alias = Some(alias);
+        p.properties.make_mut().topic_alias = Some(alias);
         Packet::Publish(p)
     };
     for i in 1..=4 {
@@ -383,7 +383,7 @@ async fn subscriptions_are_held_to_max_subscriptions_and_a_byte_budget() {
 
 /// A v5 CONNECT with a session that outlives the connection.
 fn persistent_connect(id: &str) -> Packet {
-    connect_with(ProtocolVersion::V5, id, false, |c| c.properties.session_expiry_interval = Some(600))
+    connect_with(ProtocolVersion::V5, id, false, |c| c.properties.make_mut().session_expiry_interval = Some(600))
 }
 
 fn publish_ids(out: &[Packet]) -> Vec<Vec<u8>> {
@@ -509,4 +509,27 @@ async fn v3_resend_deadline_follows_the_oldest_send_after_a_resend() {
     let resent = drain(&mut c, v);
     assert!(matches!(resent.as_slice(), [Packet::Publish(p)] if p.dup && &*p.topic == "rd/1"), "{resent:?}");
     assert_eq!(c.next_deadline(t30), t10 + Duration::from_secs(30), "the second delivery's resend comes next");
+}
+
+#[tokio::test]
+async fn a_subscriber_behind_makes_a_qos0_publisher_yield_at_once() {
+    // Nothing holds a QoS 0 publisher back, but once a subscriber's queue passes its high-water mark (100 with the
+    // default max_mqueue_len) the publisher's routed count saturates, so the driver lets the subscriber run before
+    // reading more (instead of filling the queue past its limit and dropping).
+    let b = broker(&[]);
+    let t0 = Instant::now();
+    let mut s = connected(&b, ProtocolVersion::V4, "behind-s", 0, t0).await;
+    assert!(matches!(s.handle(subscribe("bh/#", QoS::AtMostOnce), t0), Step::Continue));
+    let mut p = connected(&b, ProtocolVersion::V4, "behind-p", 0, t0).await;
+    for i in 0..99 {
+        assert!(matches!(p.handle(publish("bh/1", QoS::AtMostOnce, None, false), t0), Step::Continue));
+        assert_eq!(p.routed(), 2 * (i + 1), "not behind yet after {} messages", i + 1);
+    }
+    assert!(matches!(p.handle(publish("bh/1", QoS::AtMostOnce, None, false), t0), Step::Continue));
+    assert_eq!(p.routed(), u32::MAX, "the subscriber's queue reached its high-water mark");
+    // The subscriber drains: the next publish counts normally again.
+    s.fill(t0);
+    p.reset_routed();
+    assert!(matches!(p.handle(publish("bh/1", QoS::AtMostOnce, None, false), t0), Step::Continue));
+    assert_eq!(p.routed(), 2);
 }
