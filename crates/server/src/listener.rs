@@ -356,9 +356,15 @@ async fn handshake(
     mut shutdown: watch::Receiver<bool>,
     slot: OpenSlot,
 ) {
+    let shutting_down = async {
+        // A dropped sender (a `Server` dropped without `shutdown`) is no shutdown: keep going.
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     let established = tokio::select! {
         r = establish(&l, tcp, peer) => r,
-        _ = shutdown.changed() => return,
+        _ = shutting_down => return,
     };
     match established {
         Ok((stream, origin)) => {
