@@ -44,6 +44,7 @@ impl Conn {
         // A TLS client's certificate may stand for its client id and username (`mqtt.peer_cert_as_clientid`,
         // `peer_cert_as_username`): the certificate's value replaces CONNECT's for the session, the hooks and
         // the logs. A value that cannot be an MQTT string (`crt`) refuses the client below.
+        // One allocation of the id serves this connection, its hooks' view, the session and the registry.
         let (own_id, bad_cert_id): (Arc<str>, _) = match origin.cert_clientid {
             Some(Ok(id)) => (id, None),
             Some(Err(why)) => (Arc::from(c.client_id.as_str()), Some(why)),
@@ -54,7 +55,6 @@ impl Conn {
             Some(Err(why)) => (c.username.as_ref().map(|u| Arc::from(u.as_str())), Some(why)),
             None => (c.username.as_ref().map(|u| Arc::from(u.as_str())), None),
         };
-        // One allocation of the id serves this connection, its hooks' view, the session and the registry.
         // Built once: the hooks' view of this client. The id is the client's own until one is assigned below,
         // so that a refusal before that still reports who asked.
         self.client = Some(Arc::new(ClientInfo {
