@@ -80,6 +80,9 @@ class Broker:
             cmd = [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf]
         else:
             env["HALYARD_LISTENERS__TCP__DEFAULT__BIND"] = f"127.0.0.1:{PORT}"
+            # TCP only, like the Mosquitto it is compared with: no TLS/WebSocket listeners on 8883/8083/8084.
+            for kind in ("SSL", "WS", "WSS"):
+                env[f"HALYARD_LISTENERS__{kind}__DEFAULT__ENABLE"] = "false"
             env["HALYARD_NODE__DATA_DIR"] = os.path.join(self.dir, "data")
             env["HALYARD_LOG__LEVEL"] = "warn"
             cmd = [args.bin, "start"]

@@ -164,7 +164,10 @@ start_halyard() {
             HALYARD_MQTT__MAX_AWAITING_REL=1000)
     fi
     rm -rf "$TMP/halyard-data"
+    # TCP only, like the peers it is compared with: no TLS/WebSocket listeners on 8883/8083/8084.
     env HALYARD_LISTENERS__TCP__DEFAULT__BIND="127.0.0.1:$HPORT" \
+        HALYARD_LISTENERS__SSL__DEFAULT__ENABLE=false HALYARD_LISTENERS__WS__DEFAULT__ENABLE=false \
+        HALYARD_LISTENERS__WSS__DEFAULT__ENABLE=false \
         "${limits[@]}" \
         HALYARD_NODE__DATA_DIR="$TMP/halyard-data" \
         HALYARD_LOG__LEVEL=warn \

@@ -34,6 +34,8 @@ halyard_case() { # name, env...
     local name=$1; shift
     rm -rf "$TMP/data"
     env "$@" HALYARD_NODE__DATA_DIR="$TMP/data" HALYARD_LISTENERS__TCP__DEFAULT__BIND="127.0.0.1:$PORT" \
+        HALYARD_LISTENERS__SSL__DEFAULT__ENABLE=false HALYARD_LISTENERS__WS__DEFAULT__ENABLE=false \
+        HALYARD_LISTENERS__WSS__DEFAULT__ENABLE=false \
         HALYARD_MQTT__MAX_MQUEUE_LEN=100000000 taskset -c 0 "$BIN" start >"$TMP/$name.broker.log" 2>&1 &
     local pid=$!
     wait_port; make_sessions

@@ -4,7 +4,16 @@ use halyard_core::config::Source;
 use halyard_core::Broker;
 
 async fn broker() -> (halyard_server::Server, u16) {
-    let env = vec![("HALYARD_LISTENERS__TCP__DEFAULT__BIND".to_string(), "127.0.0.1:0".to_string())];
+    // Only the TCP listener, on a free port: the default TLS and WebSocket ports may be taken.
+    let env: Vec<(String, String)> = [
+        ("HALYARD_LISTENERS__TCP__DEFAULT__BIND", "127.0.0.1:0"),
+        ("HALYARD_LISTENERS__SSL__DEFAULT__ENABLE", "false"),
+        ("HALYARD_LISTENERS__WS__DEFAULT__ENABLE", "false"),
+        ("HALYARD_LISTENERS__WSS__DEFAULT__ENABLE", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     let config = halyard_core::config::load(&Source { file: None, env }).expect("test config");
     let server = halyard_server::start(Broker::new(config)).await.expect("listeners start");
     let port = server.addr("default").expect("default listener").port();

@@ -23,6 +23,15 @@ counters! {
     connections_refused_max,
     /// Connections currently open (incremented at accept, decremented at close).
     connections_current,
+    /// Connections closed at accept because a listener's access_rules deny the client's address (the TCP peer,
+    /// or the real address a PROXY header or a WebSocket forwarding header gave).
+    connections_denied,
+    /// Connections closed because their PROXY protocol header was malformed, absent or late.
+    proxy_header_failures,
+    /// TLS handshakes that failed or timed out (not TLS, no common version or cipher, refused certificate).
+    tls_handshake_failures,
+    /// WebSocket upgrades refused (path, origin, subprotocol), malformed or timed out.
+    ws_upgrade_failures,
     /// PUBLISH packets received from clients.
     messages_received,
     /// PUBLISH packets sent to clients (first sends and resends).

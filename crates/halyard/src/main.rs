@@ -17,8 +17,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the broker (embedded defaults: TCP on 0.0.0.0:1883). HALYARD_<SECTION>__<KEY> variables override
-    /// the file, e.g. HALYARD_LISTENERS__TCP__DEFAULT__BIND=127.0.0.1:1884.
+    /// Start the broker (embedded defaults: MQTT over TCP on 0.0.0.0:1883, TLS on 8883, WebSocket on 8083,
+    /// WebSocket over TLS on 8084). HALYARD_<SECTION>__<KEY> variables override the file, e.g.
+    /// HALYARD_LISTENERS__TCP__DEFAULT__BIND=127.0.0.1:1884. SIGHUP reloads the TLS certificates.
     Start {
         /// A TOML configuration file (see halyard.toml in the repository for every key).
         #[arg(long, short)]
@@ -77,6 +78,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Start { config } => {
             let cfg = config::load(&Source::from_process(config)).context("cannot start")?;
             init_logging(&cfg.log.level);
+            // One TLS crypto provider for the whole process (ring), before anything could pick another.
+            if !halyard_transport::install_default_provider() {
+                tracing::warn!("another TLS crypto provider was installed first; Halyard's listeners use ring anyway");
+            }
             ignore_sigxfsz();
             limit_malloc_arenas();
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -100,8 +105,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::CheckConfig { config } => {
             let cfg = config::load(&Source::from_process(config))?;
-            for (name, l) in &cfg.listeners.tcp {
-                println!("listener tcp.{name}: bind {} zone {} enable {}", l.bind, l.zone, l.enable);
+            for (kind, name, l) in cfg.listeners.all() {
+                println!("listener {kind}.{name}: bind {} zone {} enable {}", l.bind(), l.zone(), l.enable());
+            }
+            for (name, l) in &cfg.listeners.ssl {
+                println!("listener ssl.{name}: {:?}", l.ssl_options);
+            }
+            for (name, l) in &cfg.listeners.ws {
+                println!("listener ws.{name}: {:?}", l.websocket);
+            }
+            for (name, l) in &cfg.listeners.wss {
+                println!("listener wss.{name}: {:?} {:?}", l.ssl_options, l.websocket);
             }
             for (name, z) in &cfg.zones {
                 println!("zone {name}: {z:?}");
@@ -120,7 +134,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     let broker = Broker::open(cfg).with_context(|| format!("cannot open the store in {data_dir}"))?;
     let server = halyard_server::start(broker.clone()).await.context("cannot start listeners")?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "halyard started");
-    wait_for_signal().await?;
+    wait_for_signal(&server).await?;
     tracing::info!("shutting down");
     server.shutdown().await;
     broker.store.flush().context("cannot flush the store")?;
@@ -135,14 +149,21 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGINT or SIGTERM; SIGHUP meanwhile reloads the TLS listeners' certificate files.
+async fn wait_for_signal(server: &halyard_server::Server) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.context("cannot listen for SIGINT"),
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading TLS certificates");
+                server.reload_certificates();
+            }
+        }
     }
-    Ok(())
 }
 
 /// Every connection is a file descriptor: raise the soft limit to the hard one, and say so when even that is
@@ -161,7 +182,8 @@ fn raise_fd_limit(cfg: &config::Config) {
             lim = raised;
         }
     }
-    let wanted: u64 = cfg.listeners.tcp.values().filter(|l| l.enable).map(|l| l.max_connections as u64).sum();
+    let wanted: u64 =
+        cfg.listeners.all().filter(|(_, _, l)| l.enable()).map(|(_, _, l)| l.max_connections() as u64).sum();
     // A few descriptors go to listeners, the store and logs.
     let usable = lim.rlim_cur.saturating_sub(64);
     if usable < wanted {
@@ -206,5 +228,7 @@ fn init_logging(level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: a log file or journald gets plain `key=value` fields.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }

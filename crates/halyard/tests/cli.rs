@@ -189,6 +189,7 @@ fn bind_failure_names_the_listener() {
     let addr = taken.local_addr().expect("addr").to_string();
     let out = Command::new(BIN)
         .arg("start")
+        .envs(common::ONLY_TCP)
         .env("HALYARD_LISTENERS__TCP__DEFAULT__BIND", &addr)
         .env("HALYARD_NODE__DATA_DIR", std::env::temp_dir().join(format!("halyard-bind-{}", std::process::id())))
         .output()

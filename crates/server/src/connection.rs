@@ -5,7 +5,7 @@
 
 use crate::io::Io;
 use crate::listener::OpenSlot;
-use crate::protocol::{Close, Conn, Step, OUT_HIGH_WATER};
+use crate::protocol::{Close, Conn, Origin, Step, OUT_HIGH_WATER};
 use bytes::BytesMut;
 use halyard_codec::reason::rc;
 use halyard_codec::Packet;
@@ -14,7 +14,6 @@ use halyard_core::metrics::Metrics;
 use halyard_core::session::{Control, SessionHandle};
 use halyard_core::{Broker, Delivery};
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
@@ -48,7 +47,7 @@ const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 pub(crate) fn serve(
     io: Io,
-    peer: Option<SocketAddr>,
+    origin: Origin,
     broker: Arc<Broker>,
     zone: Arc<MqttConfig>,
     shutdown: watch::Receiver<bool>,
@@ -56,7 +55,7 @@ pub(crate) fn serve(
 ) -> impl std::future::Future<Output = ()> {
     // Built outside the async fn: locals moved into the link would otherwise keep their own slots in the
     // connection's future for its whole life.
-    run(Link::new(io, peer, broker, zone, shutdown, slot))
+    run(Link::new(io, origin, broker, zone, shutdown, slot))
 }
 
 /// An `async move` block over the link rather than an `async fn` taking it: an async fn's argument is copied
@@ -112,15 +111,15 @@ struct Link {
 impl Link {
     fn new(
         io: Io,
-        peer: Option<SocketAddr>,
+        origin: Origin,
         broker: Arc<Broker>,
         zone: Arc<MqttConfig>,
         shutdown: watch::Receiver<bool>,
         slot: OpenSlot,
     ) -> Link {
-        tracing::debug!(?peer, "connection accepted");
+        tracing::debug!(peer = ?origin.peer, "connection accepted");
         let now = Instant::now();
-        let conn = Conn::new(broker, zone, now, peer);
+        let conn = Conn::with_origin(broker, zone, now, origin);
         let (control_tx, control_rx) = oneshot::channel::<Control>();
         Link { conn, io, control_rx, control_open: true, control_tx: Some(control_tx), shutdown, _slot: slot }
     }
@@ -670,7 +669,7 @@ mod tests {
         let (stream, _) = server.expect("accept");
         let (_shutdown, rx) = watch::channel(false);
         let slot = OpenSlot::take(&Arc::new(std::sync::atomic::AtomicUsize::new(0)), &broker);
-        let link = tokio::spawn(serve(Io::tcp(stream), None, broker.clone(), zone.clone(), rx, slot));
+        let link = tokio::spawn(serve(Io::tcp(stream), Origin::default(), broker.clone(), zone.clone(), rx, slot));
         let connect = Connect {
             protocol: halyard_codec::ProtocolVersion::V4,
             clean_start: false,
@@ -727,7 +726,8 @@ mod tests {
         let (stream, _) = server.expect("accept");
         let (_tx, rx) = watch::channel(false);
         let slot = OpenSlot::take(&Arc::new(std::sync::atomic::AtomicUsize::new(0)), &broker);
-        let fut = serve(Io::tcp(stream), None, broker.clone(), Arc::new(broker.config.mqtt.clone()), rx, slot);
+        let fut =
+            serve(Io::tcp(stream), Origin::default(), broker.clone(), Arc::new(broker.config.mqtt.clone()), rx, slot);
         let size = std::mem::size_of_val(&fut);
         eprintln!("connection future: {size} bytes; Conn: {} bytes", std::mem::size_of::<Conn>());
         // Measured 5.5 KB at first, 4 KiB of it the discard buffer of `linger` (now boxed); 1,704 bytes after that
@@ -746,7 +746,14 @@ mod tests {
         std::mem::forget(_shutdown);
         let slot = OpenSlot::take(&Arc::new(std::sync::atomic::AtomicUsize::new(0)), broker);
         let io = Io::stream(Box::new(crate::io::PlainTransport(stream)));
-        tokio::spawn(serve(io, Some(peer), broker.clone(), Arc::new(broker.config.mqtt.clone()), rx, slot));
+        tokio::spawn(serve(
+            io,
+            Origin::peer(Some(peer)),
+            broker.clone(),
+            Arc::new(broker.config.mqtt.clone()),
+            rx,
+            slot,
+        ));
         client.expect("connect")
     }
 
@@ -931,7 +938,14 @@ mod tests {
             let (_shutdown, rx) = watch::channel(false);
             let slot = OpenSlot::take(&Arc::new(std::sync::atomic::AtomicUsize::new(0)), &broker);
             let io = Io::stream(Box::new(Prefixed { socket, held, wake_first }));
-            tokio::spawn(serve(io, Some(peer), broker.clone(), Arc::new(broker.config.mqtt.clone()), rx, slot));
+            tokio::spawn(serve(
+                io,
+                Origin::peer(Some(peer)),
+                broker.clone(),
+                Arc::new(broker.config.mqtt.clone()),
+                rx,
+                slot,
+            ));
             let mut connack = [0u8; 4];
             let r = tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut connack)).await;
             assert!(r.is_ok(), "no CONNACK (wake_first {wake_first}): the CONNECT the stream held was never read");

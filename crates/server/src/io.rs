@@ -51,9 +51,15 @@ impl Transport for PlainTransport {
     }
 }
 
+/// Every transport a listener accepts: TLS, WebSocket, WebSocket over TLS, and plain TCP behind a PROXY
+/// protocol header (plain TCP without one takes [`Io::tcp`] instead).
+impl Transport for halyard_transport::MqttStream {
+    fn socket(&self) -> &TcpStream {
+        self.tcp()
+    }
+}
+
 /// One connection's stream.
-// `Stream` is made only by tests until the TLS and WebSocket listeners use it.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) enum Io {
     Tcp {
         rd: OwnedReadHalf,
@@ -76,7 +82,6 @@ impl Io {
         Io::Tcp { rd, wr }
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn stream(stream: Box<dyn Transport>) -> Io {
         let _ = stream.socket().set_nodelay(true);
         // The handshake may have left bytes in the stream: read before waiting on the socket.

@@ -17,7 +17,7 @@ use std::time::Duration;
 const SHORT: Duration = Duration::from_millis(300);
 
 async fn start_on(store: Arc<FaultyStore>) -> TestBroker {
-    let vars = vec![("HALYARD_LISTENERS__TCP__DEFAULT__BIND".to_string(), "127.0.0.1:0".to_string())];
+    let vars = test_env();
     let config: Config = halyard_core::config::load(&Source { file: None, env: vars }).expect("test config");
     let broker = Broker::with_store(config, store, 1);
     let server = halyard_server::start(broker.clone()).await.expect("listeners start");

@@ -18,11 +18,20 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// `halyard start` listening on 127.0.0.1:`port` with its data in `data` and `RUST_LOG=rust_log`; stdout
-/// discarded, stderr piped for [`Broker::spawn`]. The caller adds its own environment.
+/// The default TLS and WebSocket listeners (0.0.0.0:8883, 8083, 8084) off: tests run in parallel, and those
+/// ports may be taken on the machine. Tests of those listeners configure their own on port 0.
+pub const ONLY_TCP: [(&str, &str); 3] = [
+    ("HALYARD_LISTENERS__SSL__DEFAULT__ENABLE", "false"),
+    ("HALYARD_LISTENERS__WS__DEFAULT__ENABLE", "false"),
+    ("HALYARD_LISTENERS__WSS__DEFAULT__ENABLE", "false"),
+];
+
+/// `halyard start` listening on 127.0.0.1:`port` (TCP only, see [`ONLY_TCP`]) with its data in `data` and
+/// `RUST_LOG=rust_log`; stdout discarded, stderr piped for [`Broker::spawn`]. The caller adds its own environment.
 pub fn start_command(port: u16, data: &Path, rust_log: &str) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("start")
+        .envs(ONLY_TCP)
         .env("HALYARD_LISTENERS__TCP__DEFAULT__BIND", format!("127.0.0.1:{port}"))
         .env("HALYARD_NODE__DATA_DIR", data)
         .env("RUST_LOG", rust_log)

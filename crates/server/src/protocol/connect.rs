@@ -40,23 +40,42 @@ impl Conn {
                 self.keep_alive = zone.max_keepalive;
             }
         }
+        let origin = self.origin.take().map(|o| *o).unwrap_or_default();
+        // A TLS client's certificate may stand for its client id and username (`mqtt.peer_cert_as_clientid`,
+        // `peer_cert_as_username`): the certificate's value replaces CONNECT's for the session, the hooks and
+        // the logs. A value that cannot be an MQTT string (`crt`) refuses the client below.
         // One allocation of the id serves this connection, its hooks' view, the session and the registry.
-        let own_id: Arc<str> = Arc::from(c.client_id.as_str());
+        let (own_id, bad_cert_id): (Arc<str>, _) = match origin.cert_clientid {
+            Some(Ok(id)) => (id, None),
+            Some(Err(why)) => (Arc::from(c.client_id.as_str()), Some(why)),
+            None => (Arc::from(c.client_id.as_str()), None),
+        };
+        let (username, bad_cert_username) = match origin.cert_username {
+            Some(Ok(u)) => (Some(u), None),
+            Some(Err(why)) => (c.username.as_ref().map(|u| Arc::from(u.as_str())), Some(why)),
+            None => (c.username.as_ref().map(|u| Arc::from(u.as_str())), None),
+        };
         // Built once: the hooks' view of this client. The id is the client's own until one is assigned below,
         // so that a refusal before that still reports who asked.
         self.client = Some(Arc::new(ClientInfo {
             client_id: own_id.clone(),
-            username: c.username.as_ref().map(|u| Arc::from(u.as_str())),
-            peer: self.peer.take().map(|p| *p),
+            username,
+            peer: origin.peer,
             protocol: c.protocol,
             clean_start: c.clean_start,
             keepalive: self.keep_alive,
             is_superuser: false,
         }));
+        if let Some(why) = bad_cert_id {
+            return self.refuse(rc::CLIENT_IDENTIFIER_NOT_VALID, why);
+        }
+        if let Some(why) = bad_cert_username {
+            return self.refuse(rc::BAD_USER_NAME_OR_PASSWORD, why);
+        }
 
         // Client identifier [MQTT-3.1.3-5..9].
         let mut assigned = false;
-        let client_id: Arc<str> = if c.client_id.is_empty() {
+        let client_id: Arc<str> = if own_id.is_empty() {
             let allowed = match c.protocol {
                 ProtocolVersion::V5 => true,
                 // [MQTT-3.1.3-7], [MQTT-3.1.3-8]: a 3.1.1 client may omit its id only with clean session 1.
@@ -88,6 +107,11 @@ impl Conn {
             // Enhanced authentication (AUTH exchange) is not offered [MQTT-4.12.0-1].
             return self.refuse(rc::BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported");
         }
+        if let Some(template) = origin.mountpoint {
+            if let Err(step) = self.set_mountpoint(&template, &client_id) {
+                return step;
+            }
+        }
 
         // Will message [MQTT-3.1.2-8..15].
         if let Some(w) = &c.will {
@@ -108,11 +132,16 @@ impl Conn {
             if w.retain && !zone.retain_available {
                 return self.refuse(rc::RETAIN_NOT_SUPPORTED, "will retain but retain is not available");
             }
+            // A will goes out under the listener's mountpoint, like the client's own publishes.
+            let topic = match self.mounted(&w.topic) {
+                Ok(t) => t.unwrap_or_else(|| w.topic.clone()),
+                Err(_) => return self.refuse(rc::TOPIC_NAME_INVALID, "will topic too long with the mountpoint"),
+            };
             let mut props = w.properties.clone();
             let delay = props.get_mut().and_then(|p| p.will_delay_interval.take()).unwrap_or(0);
             let message_expiry = props.get_mut().and_then(|p| p.message_expiry_interval.take());
             self.will = Some(Box::new(Will {
-                topic: w.topic.clone(),
+                topic,
                 payload: w.payload.clone(),
                 qos: w.qos,
                 retain: w.retain,
@@ -175,7 +204,7 @@ impl Conn {
     }
 
     /// CONNACK with a failure code, then close [MQTT-3.2.2-6 .. -7].
-    fn refuse(&mut self, v5_code: u8, why: &'static str) -> Step {
+    pub(super) fn refuse(&mut self, v5_code: u8, why: &'static str) -> Step {
         let code = if self.version.is_v5() { v5_code } else { connack_v5_to_v3(v5_code) };
         let mut properties: Box<Properties> = Box::default();
         if self.version.is_v5() {
@@ -240,7 +269,15 @@ impl Conn {
             reason_code: rc::SUCCESS,
             properties: props.into(),
         }));
-        tracing::debug!(version = self.version as u8, present, keep_alive = self.keep_alive, "client connected");
+        let username = self.client.as_deref().and_then(|c| c.username.as_deref());
+        tracing::debug!(
+            version = self.version as u8,
+            present,
+            keep_alive = self.keep_alive,
+            username,
+            peer = ?self.peer_addr(),
+            "client connected"
+        );
         if let Some(info) = self.client.as_deref() {
             let hooks = &self.broker.hooks;
             hooks.client_connack.each(|f| f(info, rc::SUCCESS, present));

@@ -44,6 +44,10 @@ impl Conn {
         } else {
             None
         };
+        // Checked and authorized as the client wrote it; routed under its listener's mountpoint.
+        if let Some(t) = self.mounted(&p.topic)? {
+            p.topic = t;
+        }
         // A refused PUBLISH is acknowledged below (v5 with the code; v3, which cannot say no, plainly) and goes
         // nowhere; a not-authorized one is a counted drop. A resent QoS 2 id was authorized the first time.
         if matches!(refusal, Some((rc::NOT_AUTHORIZED, _)))

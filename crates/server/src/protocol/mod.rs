@@ -9,6 +9,7 @@ mod connect;
 #[cfg(test)]
 mod hook_tests;
 mod inbound;
+mod mountpoint;
 mod outbound;
 mod subscribe;
 #[cfg(test)]
@@ -76,6 +77,38 @@ enum Phase {
     Closed,
 }
 
+/// What the transport knows about a client before its CONNECT: its address, what its TLS certificate says
+/// (when `mqtt.peer_cert_as_username` / `peer_cert_as_clientid` ask for it) and the listener's mountpoint.
+/// [`Conn`] keeps it boxed (one pointer in every connection); CONNECT takes it apart, and only a connection
+/// with a mountpoint keeps a box after that (holding just the client's expanded prefix).
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The client's address: the TCP peer, or the real one a PROXY header or WebSocket forwarding header gave.
+    pub peer: Option<SocketAddr>,
+    /// Replaces CONNECT's username (`peer_cert_as_username`); `Err`: the certificate's value cannot be one
+    /// (CONNACK 0x86).
+    pub cert_username: Option<CertIdentity>,
+    /// Replaces CONNECT's client id (`peer_cert_as_clientid`); `Err`: CONNACK 0x85.
+    pub cert_clientid: Option<CertIdentity>,
+    /// `listeners.*.mountpoint`: the template (`${clientid}`, `${username}`) before CONNECT, the client's own
+    /// prefix after it. `None`: no mountpoint.
+    pub mountpoint: Option<Arc<str>>,
+}
+
+/// A value from the client's certificate, or why it cannot be used as an MQTT string.
+pub type CertIdentity = Result<Arc<str>, &'static str>;
+
+impl Origin {
+    /// A client known by its address only (plain TCP, no mountpoint).
+    pub fn peer(peer: Option<SocketAddr>) -> Origin {
+        Origin { peer, ..Origin::default() }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.peer.is_none() && self.cert_username.is_none() && self.cert_clientid.is_none() && self.mountpoint.is_none()
+    }
+}
+
 /// Limits the client announced in CONNECT (v5) or the protocol defaults.
 #[derive(Debug, Clone, Copy)]
 struct ClientLimits {
@@ -104,8 +137,9 @@ pub struct Conn {
     keep_alive: u16,
     /// Who the client is, from CONNECT on: the argument of the `client.*` and `message.*` hooks.
     client: Option<Arc<ClientInfo>>,
-    /// The peer's address until CONNECT moves it into `client` (boxed: 32 bytes every connection would carry).
-    peer: Option<Box<SocketAddr>>,
+    /// The transport's view of the client until CONNECT moves it into `client`; afterwards only the mountpoint,
+    /// when the listener has one (boxed: an idle connection without a mountpoint carries one null pointer).
+    origin: Option<Box<Origin>>,
     session: Option<Arc<SessionHandle>>,
     state: SessionState,
     /// Boxed: most clients set no will, and an idle connection should not carry the space.
@@ -170,6 +204,11 @@ const IDLE_BUFFER: usize = 64 * 1024;
 impl Conn {
     /// `peer`: the transport's peer address, if it has one (for `ClientInfo`).
     pub fn new(broker: Arc<Broker>, zone: Arc<MqttConfig>, now: Instant, peer: Option<SocketAddr>) -> Conn {
+        Conn::with_origin(broker, zone, now, Origin::peer(peer))
+    }
+
+    /// A connection whose transport knows more than the peer's address (certificate identity, mountpoint).
+    pub fn with_origin(broker: Arc<Broker>, zone: Arc<MqttConfig>, now: Instant, origin: Origin) -> Conn {
         Conn {
             broker,
             zone,
@@ -179,7 +218,7 @@ impl Conn {
             last_received: now,
             keep_alive: 0,
             client: None,
-            peer: peer.map(Box::new),
+            origin: (!origin.is_empty()).then(|| Box::new(origin)),
             session: None,
             state: SessionState::default(),
             will: None,
@@ -321,7 +360,7 @@ impl Conn {
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         match &self.client {
             Some(c) => c.peer,
-            None => self.peer.as_deref().copied(),
+            None => self.origin.as_deref().and_then(|o| o.peer),
         }
     }
 

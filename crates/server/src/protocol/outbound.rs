@@ -213,7 +213,7 @@ impl Conn {
             dup,
             qos: d.qos,
             retain: d.retain,
-            topic: d.msg.topic.clone(),
+            topic: self.unmount_topic(&d.msg.topic),
             packet_id,
             properties: Default::default(),
             payload: d.msg.payload.clone(),

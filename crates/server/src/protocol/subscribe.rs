@@ -1,6 +1,7 @@
 //! SUBSCRIBE and UNSUBSCRIBE: filter checks, shared groups, granted QoS, and retained messages on subscribe
 //! (sent after the SUBACK, through the session queue, so their order with live messages is kept).
 
+use super::mountpoint::mount_filter;
 use super::{Close, Conn};
 use halyard_codec::reason::{rc, v3};
 use halyard_codec::{Packet, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe};
@@ -25,11 +26,15 @@ impl Conn {
         if let Some(info) = self.client.as_deref() {
             requests = self.broker.hooks.client_subscribe.fold(requests, |f, r| f(info, r)).into_inner();
         }
+        let mountpoint = self.filter_mount();
         for SubscribeRequest { filter, options: opts, refused } in &requests {
             if let Some(code) = refused {
                 codes.push(if v5 { *code } else { v3::SUBACK_FAILURE });
                 continue;
             }
+            // Authorized as the client wrote it; subscribed under its listener's mountpoint.
+            let (own, mounted) = (filter, mountpoint.as_deref().map(|mp| mount_filter(mp, filter)));
+            let filter = mounted.as_ref().unwrap_or(own);
             let parsed = match halyard_topic::parse_subscription(filter, self.zone.max_topic_levels) {
                 Ok(p) => p,
                 Err(e) => {
@@ -52,7 +57,7 @@ impl Conn {
                 continue;
             }
             // The filter as subscribed (with its `$share/<group>/`): an ACL may treat shared ones apart.
-            if !self.authorize(Action::Subscribe, filter) {
+            if !self.authorize(Action::Subscribe, own) {
                 codes.push(if v5 { rc::NOT_AUTHORIZED } else { v3::SUBACK_FAILURE });
                 continue;
             }
@@ -143,7 +148,10 @@ impl Conn {
         if let Some(info) = self.client.as_deref() {
             self.broker.hooks.client_unsubscribe.each(|f| f(info, &u.filters));
         }
+        let mountpoint = self.filter_mount();
         for filter in &u.filters {
+            let mounted = mountpoint.as_deref().map(|mp| mount_filter(mp, filter));
+            let filter = mounted.as_ref().unwrap_or(filter);
             let Ok(parsed) = halyard_topic::parse_subscription(filter, 0) else {
                 // An empty or malformed filter names no subscription at all: 0x8F, not 0x11 [MQTT-3.10.3-2],
                 // section 3.11.3 (Topic Filter invalid).

@@ -1,6 +1,8 @@
 //! Test harness: a broker on an ephemeral loopback port, and a raw MQTT client on our codec for byte-level tests.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use bytes::BytesMut;
 use halyard_codec::{
     Connect, LastWill, Packet, Properties, ProtocolVersion, PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Utf8,
@@ -23,9 +25,24 @@ pub struct TestBroker {
     pub addr: SocketAddr,
 }
 
+/// The environment of a test broker: its TCP listener on 127.0.0.1:0, and the default TLS and WebSocket
+/// listeners (0.0.0.0:8883, 8083, 8084) off, since tests run in parallel and the ports may be taken. Tests of
+/// those listeners enable their own on port 0.
+pub fn test_env() -> Vec<(String, String)> {
+    [
+        ("HALYARD_LISTENERS__TCP__DEFAULT__BIND", "127.0.0.1:0"),
+        ("HALYARD_LISTENERS__SSL__DEFAULT__ENABLE", "false"),
+        ("HALYARD_LISTENERS__WS__DEFAULT__ENABLE", "false"),
+        ("HALYARD_LISTENERS__WSS__DEFAULT__ENABLE", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 /// Starts a broker on 127.0.0.1:0 with `env` applied as HALYARD_* overrides.
 pub async fn start(env: &[(&str, &str)]) -> TestBroker {
-    let mut vars: Vec<(String, String)> = vec![("HALYARD_LISTENERS__TCP__DEFAULT__BIND".into(), "127.0.0.1:0".into())];
+    let mut vars = test_env();
     vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let config: Config = halyard_core::config::load(&Source { file: None, env: vars }).expect("test config");
     let broker = Broker::new(config);
