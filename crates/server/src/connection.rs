@@ -736,24 +736,23 @@ mod tests {
         assert!(size <= 680, "connection future grew to {size} bytes"); // 664 measured
     }
 
+    /// Serves `io` as a listener would, with the zone's default settings; the shutdown sender is kept for the
+    /// broker's life (a closed watch would end the connection).
+    fn spawn_link(io: Io, peer: std::net::SocketAddr, broker: &Arc<Broker>) {
+        let (shutdown, rx) = watch::channel(false);
+        std::mem::forget(shutdown);
+        let slot = OpenSlot::take(&Arc::new(std::sync::atomic::AtomicUsize::new(0)), broker);
+        let zone = Arc::new(broker.config.mqtt.clone());
+        tokio::spawn(serve(io, Origin::peer(Some(peer)), broker.clone(), zone, rx, slot));
+    }
+
     /// Accepts one connection on `l` and serves it through the boxed `Transport` path (what TLS and WebSocket
     /// connections run on).
     async fn serve_boxed(l: &tokio::net::TcpListener, broker: &Arc<Broker>) -> TcpStream {
         let addr = l.local_addr().expect("addr");
         let (client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
         let (stream, peer) = server.expect("accept");
-        let (_shutdown, rx) = watch::channel(false);
-        std::mem::forget(_shutdown);
-        let slot = OpenSlot::take(&Arc::new(std::sync::atomic::AtomicUsize::new(0)), broker);
-        let io = Io::stream(Box::new(crate::io::PlainTransport(stream)));
-        tokio::spawn(serve(
-            io,
-            Origin::peer(Some(peer)),
-            broker.clone(),
-            Arc::new(broker.config.mqtt.clone()),
-            rx,
-            slot,
-        ));
+        spawn_link(Io::stream(Box::new(crate::io::PlainTransport(stream))), peer, broker);
         client.expect("connect")
     }
 
@@ -779,23 +778,11 @@ mod tests {
     async fn the_boxed_transport_path_carries_a_qos1_stream_both_ways() {
         // Large payloads, written in one go by the publisher: reads and writes of the boxed path stop part-way
         // and resume (partial writes, buffered reads), and every message arrives once, in order, acknowledged.
-        use halyard_codec::{Connect, PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Utf8};
+        use halyard_codec::{PubResp, Publish, QoS, Subscribe, SubscriptionOptions, Utf8};
         use tokio::io::AsyncWriteExt;
         let broker = Broker::new(halyard_core::config::Config::default());
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let connect = |id: &str| {
-            Packet::Connect(Box::new(Connect {
-                protocol: halyard_codec::ProtocolVersion::V4,
-                clean_start: true,
-                keep_alive: 0,
-                client_id: Utf8::from(id),
-                will: None,
-                username: None,
-                password: None,
-                properties: Default::default(),
-                bridge: false,
-            }))
-        };
+        let connect = |id: &str| crate::protocol::tests::connect(halyard_codec::ProtocolVersion::V4, id, 0);
         let mut sub = serve_boxed(&l, &broker).await;
         let mut sbuf = BytesMut::new();
         let subscribe = Packet::Subscribe(Subscribe {
@@ -912,7 +899,6 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_a_stream_holds_are_read_and_its_own_wake_ups_are_not_lost() {
-        use halyard_codec::{Connect, Utf8};
         for wake_first in [false, true] {
             let broker = Broker::new(halyard_core::config::Config::default());
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -920,32 +906,12 @@ mod tests {
             let (client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
             let mut client = client.expect("connect");
             let (socket, peer) = server.expect("accept");
-            let connect = Packet::Connect(Box::new(Connect {
-                protocol: halyard_codec::ProtocolVersion::V4,
-                clean_start: true,
-                keep_alive: 0,
-                client_id: Utf8::from("held"),
-                will: None,
-                username: None,
-                password: None,
-                properties: Default::default(),
-                bridge: false,
-            }));
+            let connect = crate::protocol::tests::connect(halyard_codec::ProtocolVersion::V4, "held", 0);
             let mut held = BytesMut::new();
             halyard_codec::encode(&connect, halyard_codec::ProtocolVersion::V4, &mut held).expect("encode");
             // The handshake's last socket read said "would block": the socket's readiness is spent.
             assert!(socket.try_read(&mut [0u8; 8]).is_err());
-            let (_shutdown, rx) = watch::channel(false);
-            let slot = OpenSlot::take(&Arc::new(std::sync::atomic::AtomicUsize::new(0)), &broker);
-            let io = Io::stream(Box::new(Prefixed { socket, held, wake_first }));
-            tokio::spawn(serve(
-                io,
-                Origin::peer(Some(peer)),
-                broker.clone(),
-                Arc::new(broker.config.mqtt.clone()),
-                rx,
-                slot,
-            ));
+            spawn_link(Io::stream(Box::new(Prefixed { socket, held, wake_first })), peer, &broker);
             let mut connack = [0u8; 4];
             let r = tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut connack)).await;
             assert!(r.is_ok(), "no CONNACK (wake_first {wake_first}): the CONNECT the stream held was never read");

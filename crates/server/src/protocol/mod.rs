@@ -13,7 +13,7 @@ mod mountpoint;
 mod outbound;
 mod subscribe;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use connect::ConnectRequest;
 

@@ -12,7 +12,7 @@ pub(super) fn broker(env: &[(&str, &str)]) -> Arc<Broker> {
     Broker::new(load(&Source { file: None, env }).expect("config"))
 }
 
-pub(super) fn connect(v: ProtocolVersion, id: &str, keep_alive: u16) -> Packet {
+pub(crate) fn connect(v: ProtocolVersion, id: &str, keep_alive: u16) -> Packet {
     Packet::Connect(Box::new(Connect {
         protocol: v,
         clean_start: true,
